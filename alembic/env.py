@@ -1,0 +1,62 @@
+"""Alembic migrations, run with an async engine from the same ``DATABASE_URL`` as the app."""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+
+from alembic import context
+from service.config import Settings
+from service.db import Model, make_engine
+
+config = context.config
+
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Model.metadata
+
+
+def _database_url() -> str:
+    url: str | None = config.attributes.get("database_url")
+    return url or Settings().database_url
+
+
+def _configure(**options: object) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        render_as_batch=_database_url().startswith("sqlite"),  # SQLite cannot ALTER most things
+        compare_type=True,
+        transactional_ddl=True,  # SQLite too: the engine takes over BEGIN
+        **options,
+    )
+
+
+def run_migrations_offline() -> None:
+    _configure(url=_database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_migrations(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_migrations_online() -> None:
+    engine = make_engine(_database_url(), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_migrations_online())

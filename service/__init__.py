@@ -1,0 +1,1 @@
+"""A personal-finance ledger JSON API built on a task-scoped unit of work."""

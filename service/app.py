@@ -1,0 +1,48 @@
+"""The Quart application: ``create_app()``, and ``app`` for ``hypercorn service.app:app``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Quart, Response, current_app
+from sqlalchemy import text
+
+from service.config import Settings
+from service.db import Database
+from service.errors import error_response, register_error_handlers
+
+db = Database()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Quart:
+    """Build the app from the environment, then ``config`` on top."""
+    app = Quart(__name__)
+    app.config.update(Settings().to_app_config())
+    if config:
+        app.config.update(config)
+    db.init_app(app)
+    register_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up. Touches no database."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str] | Response:
+        """The database answers within READINESS_TIMEOUT seconds."""
+        try:
+            async with asyncio.timeout(current_app.config["READINESS_TIMEOUT"]):
+                async with db.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception:
+            current_app.logger.warning("readiness check failed", exc_info=True)
+            return error_response(503, "database_unavailable", "The database does not answer.")
+        return {"status": "ready"}
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,21 @@
+"""The unit-of-work layer: task-scoped sessions, async Active Record models, Quart binding.
+
+Knows nothing of the ledger; it could be lifted out as a library.
+"""
+
+from service.db._engine import make_engine
+from service.db._model import Model, Query
+from service.db._quart import Database
+from service.db._session import UnitOfWorkError, session
+from service.db._unit_of_work import on_commit, unit_of_work
+
+__all__ = [
+    "Database",
+    "Model",
+    "Query",
+    "UnitOfWorkError",
+    "make_engine",
+    "on_commit",
+    "session",
+    "unit_of_work",
+]

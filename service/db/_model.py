@@ -1,0 +1,169 @@
+"""The declarative base with async Active Record methods, and its ``select()``-based query."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from sqlalchemy import MetaData, Select, func, select
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql._typing import _ColumnExpressionArgument, _ColumnExpressionOrStrLabelArgument
+from sqlalchemy.sql.base import ExecutableOption
+
+from service.db._session import session
+
+__all__ = ["Model", "Query"]
+
+_M = TypeVar("_M", bound="Model")
+
+# Stable constraint names, so that Alembic migrations can refer to them.
+_NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Query(Generic[_M]):
+    """An immutable ``select()`` of one model, run in the current unit of work.
+
+    Every chaining method returns a new query; ``all()``, ``first()``,
+    ``one()``, ``count()`` and ``get()`` are awaited.
+    """
+
+    __slots__ = ("model", "statement")
+
+    def __init__(self, model: type[_M], statement: Select[_M] | None = None) -> None:
+        self.model = model
+        self.statement: Select[_M] = select(model) if statement is None else statement
+
+    def _chain(self, statement: Select[_M]) -> Query[_M]:
+        return Query(self.model, statement)
+
+    def where(self, *clauses: _ColumnExpressionArgument[bool]) -> Query[_M]:
+        return self._chain(self.statement.where(*clauses))
+
+    def filter_by(self, **values: Any) -> Query[_M]:
+        return self._chain(self.statement.filter_by(**values))
+
+    def order_by(self, *clauses: _ColumnExpressionOrStrLabelArgument[Any]) -> Query[_M]:
+        return self._chain(self.statement.order_by(*clauses))
+
+    def limit(self, limit: int) -> Query[_M]:
+        return self._chain(self.statement.limit(limit))
+
+    def offset(self, offset: int) -> Query[_M]:
+        return self._chain(self.statement.offset(offset))
+
+    def options(self, *options: ExecutableOption) -> Query[_M]:
+        """Loader options, such as ``selectinload(User.accounts)``."""
+        return self._chain(self.statement.options(*options))
+
+    def with_for_update(self, *, nowait: bool = False, skip_locked: bool = False) -> Query[_M]:
+        """Lock the selected rows until the unit of work ends (``SELECT ... FOR UPDATE``)."""
+        return self._chain(self.statement.with_for_update(nowait=nowait, skip_locked=skip_locked))
+
+    async def all(self) -> list[_M]:
+        return list((await session.scalars(self.statement)).all())
+
+    async def first(self) -> _M | None:
+        return (await session.scalars(self.statement.limit(1))).first()
+
+    async def one(self) -> _M:
+        """The one row; raises ``NoResultFound`` or ``MultipleResultsFound`` otherwise."""
+        return (await session.scalars(self.statement)).one()
+
+    async def count(self) -> int:
+        counted = select(func.count()).select_from(self.statement.order_by(None).subquery())
+        return (await session.scalar(counted)) or 0
+
+    async def get(self, pk: Any) -> _M | None:
+        """The instance with this primary key, or ``None`` (from the identity map if loaded)."""
+        return await session.get(self.model, pk)
+
+
+class _QueryDescriptor:
+    def __get__(self, instance: object, owner: type[_M]) -> Query[_M]:
+        return Query(owner)
+
+
+_RESERVED = frozenset({"create", "delete", "get", "query", "save", "update"})
+
+
+class Model(AsyncAttrs, DeclarativeBase):
+    """The declarative base of every model, with async Active Record methods.
+
+    All of them work in the current task's unit of work and never commit:
+    the unit of work does, when it succeeds.
+    """
+
+    metadata = MetaData(naming_convention=_NAMING_CONVENTION)
+
+    query: ClassVar[_QueryDescriptor] = _QueryDescriptor()
+    """``await User.query.filter_by(name="Foo").all()``"""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        annotated = set(inspect.get_annotations(cls))
+        shadowing = sorted(
+            name
+            for name in _RESERVED
+            if name in annotated or (name in cls.__dict__ and not _is_method(cls.__dict__[name]))
+        )
+        if shadowing:
+            raise TypeError(
+                f"{cls.__name__} declares {', '.join(map(repr, shadowing))}, which would shadow "
+                f"Model's method of that name. Rename the attribute and keep the column name "
+                f'with mapped_column("{shadowing[0]}", ...).'
+            )
+        super().__init_subclass__(**kwargs)
+
+    async def save(self) -> Self:
+        """Add to the session and flush, so a database error surfaces here.
+
+        On a ``DatabaseError`` the session is rolled back (so it stays usable)
+        and the error re-raised.
+        """
+        session.add(self)
+        await _flush()
+        return self
+
+    async def update(self, **fields: Any) -> Self:
+        """Set attributes, then save. An unknown field raises before anything is written."""
+        mapped = type(self).__mapper__.attrs.keys()
+        unknown = sorted(set(fields) - set(mapped))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(map(repr, unknown))}")
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return await self.save()
+
+    async def delete(self) -> None:
+        """Delete and flush; on a ``DatabaseError`` the session is rolled back."""
+        await session.delete(self)
+        await _flush()
+
+    @classmethod
+    async def create(cls, **fields: Any) -> Self:
+        """``await User.create(name="Foo")``: construct, then save."""
+        return await cls(**fields).save()
+
+    @classmethod
+    async def get(cls, pk: Any) -> Self | None:
+        """The instance with this primary key, or ``None``."""
+        return await session.get(cls, pk)
+
+
+def _is_method(value: object) -> bool:
+    return inspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
+
+
+async def _flush() -> None:
+    try:
+        await session.flush()
+    except DatabaseError:
+        await session.rollback()
+        raise

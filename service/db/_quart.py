@@ -1,0 +1,148 @@
+"""The Quart extension: an engine per serving lifetime, a unit of work per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from quart import Quart, current_app, request
+from quart.typing import ResponseTypes
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
+
+from service.db._engine import make_engine
+from service.db._session import current_unit_of_work, session
+from service.db._unit_of_work import UnitOfWork
+
+__all__ = ["Database"]
+
+_EXTENSION = "service.db"
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _AppState:
+    options: dict[str, Any] = field(default_factory=dict)
+    engine: AsyncEngine | None = None
+
+
+class Database:
+    """Binds the unit of work to a Quart app.
+
+    ``Database(app)`` or ``db = Database(); db.init_app(app)``. The engine is
+    made from ``app.config["DATABASE_URL"]`` when serving starts and disposed
+    when it stops; ``engine_options`` go to ``create_async_engine``. Each request
+    is a unit of work: committed when the final status is below 400, rolled
+    back otherwise, and the session always removed.
+    """
+
+    def __init__(self, app: Quart | None = None, **engine_options: Any) -> None:
+        self.engine_options = engine_options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        if _EXTENSION in app.extensions:
+            raise RuntimeError("A Database is already registered on this app; call init_app once.")
+        app.extensions[_EXTENSION] = _AppState(options=dict(self.engine_options))
+        app.before_serving(self._start)
+        app.after_serving(self._stop)
+        # First before_request to run, and - since Quart runs after_request and
+        # teardown functions in reverse order - last after_request and teardown:
+        # the commit decision sees the status every other hook has settled on.
+        app.before_request_funcs[None].insert(0, self._begin_request)
+        app.after_request_funcs[None].insert(0, self._end_request)
+        app.teardown_request_funcs[None].insert(0, self._teardown_request)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The current app's engine, while it is serving."""
+        engine = _state(current_app).engine
+        if engine is None:
+            raise RuntimeError(
+                "The database engine exists only while the app is serving: run it under "
+                "Hypercorn, or use `async with app.test_app():` in tests."
+            )
+        return engine
+
+    async def _start(self) -> None:
+        state = _state(current_app)
+        state.engine = make_engine(current_app.config["DATABASE_URL"], **state.options)
+        session.session_factory.configure(bind=state.engine)
+
+    async def _stop(self) -> None:
+        state = _state(current_app)
+        engine = state.engine
+        if engine is None:
+            return
+        state.engine = None
+        await engine.dispose()
+        if session.session_factory.kw.get("bind") is engine:
+            session.session_factory.configure(bind=None)
+
+    async def _begin_request(self) -> None:
+        if _state(current_app).engine is None:
+            raise RuntimeError(
+                "A request arrived before the app started serving, so it has no database engine."
+                " In tests, use `async with app.test_app():` around the test client."
+            )
+        UnitOfWork(readonly=request.method in _READ_ONLY_METHODS).begin()
+
+    async def _end_request(self, response: ResponseTypes) -> ResponseTypes:
+        unit = current_unit_of_work()
+        if unit is None:
+            return response
+        if response.status_code >= 400:
+            await unit.rollback()
+            return response
+        try:
+            await unit.commit()
+        except Exception as error:
+            # Raising here would make Quart run every after_request function a
+            # second time; answer the client with the failure instead.
+            logger.exception("commit failed; the request's changes were rolled back")
+            return await _error_response(error)
+        return response
+
+    async def _teardown_request(self, exc: BaseException | None) -> None:
+        # Also runs when after_request did not: an exception propagated (testing,
+        # debug), or the client went away and the handler was cancelled.
+        unit = current_unit_of_work()
+        if unit is not None:
+            await unit.close()
+
+
+def _state(app: Quart) -> _AppState:
+    try:
+        state: _AppState = app.extensions[_EXTENSION]
+    except KeyError:
+        raise RuntimeError("This app has no Database. Did you forget to call 'init_app'?") from None
+    return state
+
+
+async def _error_response(error: Exception) -> ResponseTypes:
+    """The response for a failed commit, rendered by the app's own error handlers."""
+    http_error: HTTPException
+    if isinstance(error, IntegrityError):
+        http_error = Conflict("The changes conflict with data already stored; nothing was saved.")
+    elif _unreachable(error):
+        http_error = ServiceUnavailable(
+            "The database could not be reached to complete the request. Retry later."
+        )
+    else:
+        http_error = InternalServerError("The changes could not be committed.")
+    return await current_app.make_response(await current_app.handle_http_exception(http_error))
+
+
+def _unreachable(error: Exception) -> bool:
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error, OperationalError | InterfaceError | PoolTimeoutError | OSError | asyncio.TimeoutError
+    )

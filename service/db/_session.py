@@ -1,0 +1,81 @@
+"""The task-scoped session registry and the guard that keeps it honest.
+
+A session belongs to exactly one unit of work, and a unit of work to exactly one
+asyncio task. The registry is keyed by that task, but it refuses to hand out a
+session to a task that has no unit of work of its own: a child task made with
+``asyncio.gather`` or ``create_task`` inside a handler would otherwise get a
+fresh session that nobody commits or removes, and its writes would vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from service.db._unit_of_work import UnitOfWork
+
+__all__ = ["UnitOfWorkError", "current_unit_of_work", "session"]
+
+
+class UnitOfWorkError(RuntimeError):
+    """The database was used where no unit of work owns the session."""
+
+
+# The unit of work active in this context. Context variables are copied into
+# child tasks, so the owner task is checked too: a copy seen from another task
+# means "child task of a unit of work", not "inside one".
+_current: ContextVar[UnitOfWork | None] = ContextVar("service_db_unit_of_work", default=None)
+
+_OUTSIDE = (
+    "The database session was used outside a unit of work. Handlers served by `Database` "
+    "get one per request; anywhere else (scripts, jobs, tests) wrap the code in "
+    "`async with unit_of_work(): ...` or decorate the coroutine with `@unit_of_work()`."
+)
+_CHILD_TASK = (
+    "The database session was used from a child task (asyncio.gather, create_task, TaskGroup) "
+    "of a unit of work. The session belongs to the task that opened the unit of work, and a "
+    "child task would get a session that nobody commits or removes. Do the database work in "
+    "the parent task, or decorate the child coroutine with `@unit_of_work()` so that it "
+    "commits its own transaction."
+)
+
+
+def current_unit_of_work() -> UnitOfWork | None:
+    """The unit of work that owns the current task, or ``None``."""
+    unit = _current.get()
+    if unit is None or unit.task is not asyncio.current_task():
+        return None
+    return unit
+
+
+def _scope() -> object:
+    unit = _current.get()
+    if unit is None:
+        raise UnitOfWorkError(_OUTSIDE)
+    task = asyncio.current_task()
+    if unit.task is not task:
+        raise UnitOfWorkError(_CHILD_TASK)
+    return task
+
+
+class _Session(Session):
+    """The sync session behind every ``AsyncSession`` of the registry.
+
+    A subclass of its own so that the on-commit bookkeeping listens to this
+    layer's sessions only, never to sessions other code makes.
+    """
+
+
+session: async_scoped_session[AsyncSession] = async_scoped_session(
+    async_sessionmaker(expire_on_commit=False, sync_session_class=_Session),
+    scopefunc=_scope,
+)
+"""The current unit of work's ``AsyncSession``, created on first use.
+
+Full SQLAlchemy is available through it: ``await session.execute(select(...))``.
+"""

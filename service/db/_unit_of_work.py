@@ -1,0 +1,196 @@
+"""The unit of work: one task, one session, one transaction, committed only on success.
+
+``UnitOfWork`` is the primitive every integration drives (the Quart request
+hooks, and ``unit_of_work()`` for everything else): ``begin()``, then
+``commit()`` or ``rollback()``, then always ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from contextlib import AsyncContextDecorator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSessionTransaction
+
+from service.db import _callbacks
+from service.db._session import UnitOfWorkError, _current, current_unit_of_work, session
+
+__all__ = ["UnitOfWork", "on_commit", "unit_of_work"]
+
+_T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
+
+
+async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coro`` in a task of its own that a cancellation cannot interrupt.
+
+    A COMMIT cut off by a cancellation has an unknown outcome, and a close cut
+    off leaves a connection in an unknown state. The caller's cancellation is
+    re-raised once ``coro`` is done.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            if task.done():
+                raise
+            cancelled = error
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled
+    return result
+
+
+class UnitOfWork:
+    """One activation of a unit of work, owned by the task that created it."""
+
+    __slots__ = ("_finished", "_token", "readonly", "task")
+
+    def __init__(self, *, readonly: bool = False) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise UnitOfWorkError("A unit of work must run inside an asyncio task.")
+        self.task = task
+        self.readonly = readonly
+        self._token: Any = None
+        self._finished = False
+
+    def begin(self) -> None:
+        """Make this the current task's unit of work. No connection is opened yet."""
+        if current_unit_of_work() is not None:
+            raise UnitOfWorkError(
+                "This task already has a unit of work. Nest with `async with unit_of_work()` "
+                "(a savepoint) instead of beginning a second one."
+            )
+        self._token = _current.set(self)
+
+    async def commit(self) -> None:
+        """Commit what the session did, whatever API did it.
+
+        On failure the session is rolled back and the error re-raised. Does
+        nothing when the unit of work never used the database, or already ended.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if not session.registry.has():
+            return
+        current = session()
+        try:
+            await run_to_completion(current.commit())
+        except Exception:
+            await self._rollback_quietly()
+            raise
+
+    async def rollback(self) -> None:
+        """Roll back; does nothing when the unit of work already ended."""
+        if self._finished:
+            return
+        self._finished = True
+        if session.registry.has():
+            await run_to_completion(session().rollback())
+
+    async def close(self) -> None:
+        """Roll back whatever is left, remove the session, then run committed callbacks.
+
+        The registry entry is cleared even if closing raises, and the task
+        leaves the unit of work before any callback runs, so a callback that
+        needs the database opens a unit of work of its own.
+        """
+        callbacks: list[_callbacks.Callback] = []
+        try:
+            if session.registry.has():
+                current = session()
+                try:
+                    await run_to_completion(current.close())
+                finally:
+                    session.registry.clear()
+                    callbacks = _callbacks.take_committed(current)
+        finally:
+            self._finished = True
+            _current.reset(self._token)
+        await _callbacks.run(callbacks)
+
+    async def _rollback_quietly(self) -> None:
+        # After a failed COMMIT the connection may be gone; close() follows and
+        # discards it either way, so a second error here must not hide the first.
+        try:
+            await run_to_completion(session().rollback())
+        except Exception:
+            logger.warning("rollback after a failed commit also failed", exc_info=True)
+
+
+class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, like contextlib's
+    """Run a block or a coroutine as one unit of work.
+
+    Commit on success, roll back on an exception, always remove the task's
+    session. Inside another unit of work of the same task it opens a savepoint
+    instead. As a decorator, each call is a unit of work of its own, which makes
+    the coroutine safe to run as a child task (``asyncio.gather``, TaskGroup).
+
+    ``readonly`` is a hint that the work only reads: on SQLite the transaction
+    then begins DEFERRED so that readers stay concurrent (writes begin
+    IMMEDIATE, taking the write lock at BEGIN). It changes nothing elsewhere.
+    """
+
+    def __init__(self, *, readonly: bool = False) -> None:
+        self.readonly = readonly
+        self._unit: UnitOfWork | None = None
+        self._savepoint: AsyncSessionTransaction | None = None
+
+    def _recreate_cm(self) -> Self:
+        return type(self)(readonly=self.readonly)
+
+    async def __aenter__(self) -> None:
+        if self._unit is not None or self._savepoint is not None:
+            raise UnitOfWorkError("This unit_of_work() is already active; it is not reentrant.")
+        if current_unit_of_work() is not None:
+            self._savepoint = await session().begin_nested()
+            return
+        unit = UnitOfWork(readonly=self.readonly)
+        unit.begin()
+        self._unit = unit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        unit, savepoint = self._unit, self._savepoint
+        self._unit = self._savepoint = None
+        if savepoint is not None:
+            if not savepoint.is_active:
+                return  # already rolled back, with the whole session, by a failed save()
+            if exc_type is None:
+                await savepoint.commit()
+            else:
+                await savepoint.rollback()
+            return
+        assert unit is not None
+        try:
+            if exc_type is None:
+                await unit.commit()
+            else:
+                await unit.rollback()
+        finally:
+            await unit.close()
+
+
+def on_commit(callback: _callbacks.Callback) -> None:
+    """Run ``callback`` (sync or async) once the current unit of work has committed.
+
+    It is dropped if the unit of work rolls back, or if the savepoint it was
+    registered in rolls back. It runs after the task has left the unit of work,
+    so database work in it needs a unit of work of its own. A failing callback
+    is logged; the commit stands.
+    """
+    _callbacks.register(session(), callback)
