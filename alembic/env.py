@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
@@ -25,7 +26,7 @@ def _database_url() -> str:
     return url or Settings().database_url
 
 
-def _configure(**options: object) -> None:
+def _configure(**options: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=_database_url().startswith("sqlite"),  # SQLite cannot ALTER most things
