@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tests.db.app import Probe, probe
+from tests.db.models import Widget
+
+ReadNames = Callable[[], Awaitable[list[str]]]
+
+
+@pytest.fixture(scope="session")
+async def reader(database_url: str, engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """A plain engine, none of the layer's doing, to read what was really committed."""
+    reader = create_async_engine(database_url)
+    yield reader
+    await reader.dispose()
+
+
+@pytest.fixture
+def stored_names(connection: AsyncConnection | None, reader: AsyncEngine) -> ReadNames:
+    """The widget names in the database, as a connection other than the session sees them.
+
+    In a rolled-back test that is the test's outer connection (the requests'
+    savepoints live in its transaction); in a committing test, a fresh
+    connection that sees committed rows only.
+    """
+
+    async def read() -> list[str]:
+        query = select(Widget.name).order_by(Widget.name)
+        if connection is not None:
+            return list((await connection.scalars(query)).all())
+        async with reader.connect() as fresh:
+            return list((await fresh.scalars(query)).all())
+
+    return read
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe() -> Probe:
+    probe.committed.clear()
+    probe.started.clear()
+    probe.proceed.clear()
+    return probe

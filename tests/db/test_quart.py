@@ -1,0 +1,446 @@
+"""Each request is a unit of work: the final status decides, and nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from quart import Blueprint, Quart, after_this_request
+from quart.typing import ResponseTypes
+from quart.typing import TestClientProtocol as Client
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.app import db
+from service.db import Database, UnitOfWorkError, session
+from service.errors import register_error_handlers
+from tests.db.app import Probe, make_test_app, routes
+from tests.db.conftest import ReadNames
+
+Serve = Callable[[Quart], Awaitable[Client]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start an app of the test's own making; it stops when the test ends."""
+    async with AsyncExitStack() as stack:
+
+        async def start(app: Quart) -> Client:
+            await stack.enter_async_context(app.test_app())
+            return app.test_client()
+
+        yield start
+
+
+def _error(body: Any) -> dict[str, str]:
+    error: dict[str, str] = body["error"]
+    return error
+
+
+# The status decides ------------------------------------------------------------------------------
+
+
+@pytest.mark.committing
+@pytest.mark.parametrize("status", [200, 201, 302, 303])
+async def test_a_status_below_400_commits(
+    client: Client, stored_names: ReadNames, status: int
+) -> None:
+    response = await client.post(f"/widgets?status={status}", json={"name": "kept"})
+
+    assert response.status_code == status
+    assert await stored_names() == ["kept"]
+
+
+@pytest.mark.committing
+@pytest.mark.parametrize("status", [400, 404, 422, 500, 503])
+async def test_a_status_of_400_or_more_rolls_back(
+    client: Client, stored_names: ReadNames, status: int
+) -> None:
+    response = await client.post(f"/widgets?status={status}", json={"name": "dropped"})
+
+    assert response.status_code == status
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_abort_rolls_back(client: Client, stored_names: ReadNames) -> None:
+    response = await client.post("/widgets/abort", json={"name": "dropped"})
+
+    assert response.status_code == 409
+    assert _error(await response.get_json())["code"] == "conflict"
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_an_exception_rolls_back_and_answers_a_json_500(
+    client: Client, stored_names: ReadNames
+) -> None:
+    response = await client.post("/widgets/raise", json={"name": "dropped"})
+
+    assert response.status_code == 500
+    assert _error(await response.get_json())["code"] == "internal_server_error"
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_a_propagated_exception_rolls_back_in_teardown(
+    app: Quart,
+    client: Client,
+    stored_names: ReadNames,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In testing and debug mode after_request never runs; teardown must clean up.
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", True)
+
+    with pytest.raises(RuntimeError, match="after writing"):
+        await client.post("/widgets/raise", json={"name": "dropped"})
+
+    assert await stored_names() == []
+    assert session.registry.registry == {}
+
+
+# The final status is the one the client sees -----------------------------------------------------
+
+
+def _downgrade(response: ResponseTypes) -> ResponseTypes:
+    response.status_code = 400
+    return response
+
+
+@pytest.mark.committing
+async def test_an_after_request_hook_registered_later_sees_its_status_respected(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    app = make_test_app({"DATABASE_URL": database_url})
+    app.after_request(_downgrade)
+    client = await serve(app)
+
+    response = await client.post("/widgets", json={"name": "dropped"})
+
+    assert response.status_code == 400
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_an_after_request_hook_registered_before_the_extension_is_respected(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    app = Quart(__name__)
+    app.config["DATABASE_URL"] = database_url
+    app.after_request(_downgrade)
+    Database(app)
+    register_error_handlers(app)
+    app.register_blueprint(routes)
+    client = await serve(app)
+
+    response = await client.post("/widgets", json={"name": "dropped"})
+
+    assert response.status_code == 400
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_blueprint_and_per_request_hooks_are_respected(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    blueprint = Blueprint("downgrading", __name__)
+    blueprint.after_request(_downgrade)
+
+    @blueprint.post("/bp/widgets")
+    async def create() -> tuple[dict[str, bool], int]:
+        from tests.db.models import Widget
+
+        await Widget.create(name="from-blueprint")
+        return {"ok": True}, 201
+
+    @blueprint.post("/bp/this-request")
+    async def create_with_after_this_request() -> tuple[dict[str, bool], int]:
+        from tests.db.models import Widget
+
+        after_this_request(_downgrade)
+        await Widget.create(name="after-this-request")
+        return {"ok": True}, 201
+
+    app = make_test_app({"DATABASE_URL": database_url})
+    app.register_blueprint(blueprint)
+    client = await serve(app)
+
+    assert (await client.post("/bp/widgets")).status_code == 400
+    assert (await client.post("/bp/this-request")).status_code == 400
+    assert await stored_names() == []
+
+
+@pytest.mark.committing
+async def test_a_hook_that_turns_an_error_into_success_commits(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    app = make_test_app({"DATABASE_URL": database_url})
+
+    @app.after_request
+    def upgrade(response: ResponseTypes) -> ResponseTypes:
+        response.status_code = 200
+        return response
+
+    client = await serve(app)
+
+    response = await client.post("/widgets?status=418", json={"name": "kept"})
+
+    assert response.status_code == 200
+    assert await stored_names() == ["kept"]
+
+
+@pytest.mark.committing
+async def test_an_after_request_hook_that_raises_rolls_back(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    app = make_test_app({"DATABASE_URL": database_url})
+
+    @app.after_request
+    def explode(response: ResponseTypes) -> ResponseTypes:
+        raise RuntimeError("after_request failed")
+
+    client = await serve(app)
+
+    response = await client.post("/widgets", json={"name": "dropped"})
+
+    assert response.status_code == 500
+    assert await stored_names() == []
+    assert session.registry.registry == {}
+
+
+# A commit that fails never answers 2xx ----------------------------------------------------------
+
+
+@pytest.mark.committing
+async def test_a_constraint_violated_at_commit_answers_409_and_writes_nothing(
+    client: Client, stored_names: ReadNames
+) -> None:
+    response = await client.post("/parts", json={"name": "orphan-owner"})
+
+    assert response.status_code == 409
+    error = _error(await response.get_json())
+    assert error["code"] == "conflict"
+    assert "nothing was saved" in error["message"]
+    assert await stored_names() == []
+
+    # The failed commit poisoned nothing: the next request commits normally.
+    assert (await client.post("/widgets", json={"name": "next"})).status_code == 201
+    assert await stored_names() == ["next"]
+
+
+@pytest.mark.committing
+async def test_a_connection_lost_before_commit_answers_503(
+    database_url: str, client: Client, stored_names: ReadNames
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server that could drop the connection")
+
+    response = await client.post("/widgets/cut", json={"name": "lost"})
+
+    assert response.status_code == 503
+    assert _error(await response.get_json())["code"] == "service_unavailable"
+    assert await stored_names() == []
+    assert (await client.post("/widgets", json={"name": "next"})).status_code == 201
+
+
+# Requests that do not use the database ----------------------------------------------------------
+
+
+@pytest.mark.committing
+async def test_a_request_that_does_not_use_the_database_opens_no_connection(
+    app: Quart, client: Client
+) -> None:
+    async with app.app_context():
+        engine: AsyncEngine = db.engine
+    checkouts: list[object] = []
+    statements: list[str] = []
+
+    def on_checkout(*args: object) -> None:
+        checkouts.append(args)
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "checkout", on_checkout)
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        assert (await client.get("/nodb")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/no/such/route")).status_code == 404
+        assert (checkouts, statements) == ([], [])
+
+        # The listeners do see a request that uses the database.
+        assert (await client.get("/widgets")).status_code == 200
+        assert len(checkouts) == 1
+        assert statements
+    finally:
+        event.remove(engine.sync_engine, "checkout", on_checkout)
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+# Child tasks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.committing
+async def test_model_calls_in_a_child_task_fail_loudly_and_write_nothing(
+    app: Quart,
+    client: Client,
+    stored_names: ReadNames,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    response = await client.post("/widgets/gather")
+    assert response.status_code == 500
+    assert await stored_names() == []
+
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", True)
+    with pytest.raises(UnitOfWorkError, match=r"child task.*`@unit_of_work\(\)`"):
+        await client.post("/widgets/gather")
+    assert await stored_names() == []
+    assert session.registry.registry == {}
+
+
+@pytest.mark.committing
+async def test_child_coroutines_decorated_as_units_of_work_commit_their_own_work(
+    client: Client, stored_names: ReadNames
+) -> None:
+    response = await client.post("/widgets/gather-units")
+
+    assert response.status_code == 201
+    assert await stored_names() == ["unit-1", "unit-2"]
+    assert session.registry.registry == {}
+
+
+# Cancellation and concurrency -------------------------------------------------------------------
+
+
+async def _request_then_disconnect(app: Quart, probe: Probe, name: str) -> list[Any]:
+    """POST /widgets/wait over raw ASGI, and hang up once the handler has written."""
+    body = f'{{"name": "{name}"}}'.encode()
+    scope: Any = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/widgets/wait",
+        "raw_path": b"/widgets/wait",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+        "extensions": {},
+    }
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inbox.put_nowait({"type": "http.request", "body": body, "more_body": False})
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return await inbox.get()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    probe.started.clear()
+    call = asyncio.ensure_future(app(scope, receive, send))  # type: ignore[arg-type]
+    await asyncio.wait_for(probe.started.wait(), 5)
+    inbox.put_nowait({"type": "http.disconnect"})
+    await asyncio.wait_for(call, 5)
+    return sent
+
+
+@pytest.mark.committing
+async def test_a_client_that_disconnects_leaves_no_write_and_no_session(
+    app: Quart, stored_names: ReadNames, fresh_probe: Probe
+) -> None:
+    sent = await _request_then_disconnect(app, fresh_probe, "abandoned")
+
+    assert sent == []  # the handler was cancelled before it could answer
+    assert await stored_names() == []
+    assert session.registry.registry == {}
+
+
+@pytest.mark.committing
+async def test_concurrent_requests_never_see_each_others_uncommitted_rows(
+    client: Client, stored_names: ReadNames, fresh_probe: Probe
+) -> None:
+    writer = asyncio.ensure_future(client.post("/widgets/wait", json={"name": "pending"}))
+    await asyncio.wait_for(fresh_probe.started.wait(), 5)
+
+    during = await client.get("/widgets")  # a reader alongside the open write transaction
+
+    fresh_probe.proceed.set()
+    assert (await writer).status_code == 201
+    assert (await during.get_json())["names"] == []
+    assert (await (await client.get("/widgets")).get_json())["names"] == ["pending"]
+
+
+@pytest.mark.committing
+async def test_concurrent_writers_wait_for_each_other_instead_of_failing(
+    client: Client, stored_names: ReadNames, fresh_probe: Probe
+) -> None:
+    first = asyncio.ensure_future(client.post("/widgets/wait", json={"name": "first"}))
+    await asyncio.wait_for(fresh_probe.started.wait(), 5)
+    second = asyncio.ensure_future(client.post("/widgets", json={"name": "second"}))
+    await asyncio.sleep(0.2)
+
+    fresh_probe.proceed.set()
+    responses = await asyncio.gather(first, second)
+
+    assert [response.status_code for response in responses] == [201, 201]
+    assert await stored_names() == ["first", "second"]
+
+
+@pytest.mark.committing
+async def test_the_registry_holds_no_session_after_many_requests(
+    app: Quart, client: Client, fresh_probe: Probe
+) -> None:
+    for number in range(40):
+        await client.post("/widgets", json={"name": f"ok-{number}"})
+        await client.post("/widgets?status=422", json={"name": f"refused-{number}"})
+        await client.post("/widgets/raise", json={"name": f"raised-{number}"})
+        await client.post("/parts", json={"name": f"failed-commit-{number}"})
+        await client.get("/widgets")
+        await client.get("/nodb")
+    for number in range(5):
+        await _request_then_disconnect(app, fresh_probe, f"cancelled-{number}")
+
+    assert session.registry.registry == {}
+
+
+# on_commit through requests ---------------------------------------------------------------------
+
+
+async def test_on_commit_runs_once_after_a_successful_request(
+    client: Client, fresh_probe: Probe
+) -> None:
+    response = await client.post("/on-commit", json={"name": "done"})
+
+    assert response.status_code == 201
+    assert fresh_probe.committed == ["done"]
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_on_commit_never_runs_after_a_rolled_back_request(
+    client: Client, fresh_probe: Probe, status: int
+) -> None:
+    response = await client.post(f"/on-commit?status={status}", json={"name": "undone"})
+
+    assert response.status_code == status
+    assert fresh_probe.committed == []
+
+
+async def test_requests_join_the_tests_transaction(
+    client: Client, stored_names: ReadNames
+) -> None:
+    # Runs rolled back: the request's commit is a savepoint of the test's transaction...
+    assert (await client.post("/widgets", json={"name": "visible"})).status_code == 201
+    assert await stored_names() == ["visible"]
+
+
+async def test_the_previous_tests_rows_are_gone(stored_names: ReadNames) -> None:
+    # ...which was rolled back at its end (tests run in file order).
+    assert await stored_names() == []
