@@ -1,0 +1,88 @@
+"""SQLite as the embedded default, and what every engine must do under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from service.db import make_engine, unit_of_work
+from tests.db.conftest import ReadNames
+from tests.db.models import Widget
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:", "sqlite:///file:x?mode=memory"]
+)
+def test_an_in_memory_sqlite_database_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="use a SQLite file"):
+        make_engine(url)
+
+
+async def test_a_sqlite_file_gets_its_directory_and_pragmas(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/new/dir/service.db")
+    try:
+        async with engine.connect() as connection:
+            pragmas = {
+                name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                for name in ("foreign_keys", "journal_mode", "busy_timeout")
+            }
+    finally:
+        await engine.dispose()
+    assert (tmp_path / "new/dir/service.db").exists()
+    assert pragmas == {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 30_000}
+
+
+@pytest.mark.committing
+async def test_concurrent_read_then_write_units_of_work_never_fail_with_locked(
+    stored_names: ReadNames,
+) -> None:
+    # Each unit reads, yields to the others, then writes: with a DEFERRED BEGIN
+    # on SQLite the upgrade to a write lock fails at once ("database is locked").
+    @unit_of_work()
+    async def read_then_write(number: int) -> None:
+        seen = await Widget.query.count()
+        await asyncio.sleep(0.01)
+        await Widget.create(name=f"w{number:02}", size=seen)
+
+    await asyncio.gather(*(read_then_write(number) for number in range(12)))
+
+    assert await stored_names() == [f"w{number:02}" for number in range(12)]
+
+
+@pytest.mark.committing
+async def test_readers_are_not_blocked_by_an_open_write_transaction() -> None:
+    writing = asyncio.Event()
+    release = asyncio.Event()
+
+    @unit_of_work()
+    async def writer() -> None:
+        await Widget.create(name="uncommitted")
+        writing.set()
+        await release.wait()
+
+    @unit_of_work(readonly=True)
+    async def reader() -> int:
+        return await Widget.query.count()
+
+    write = asyncio.create_task(writer())
+    await asyncio.wait_for(writing.wait(), 5)
+    try:
+        seen = await asyncio.wait_for(reader(), 5)
+    finally:
+        release.set()
+        await write
+    assert seen == 0
+
+
+@pytest.mark.committing
+async def test_a_foreign_key_is_enforced(database_url: str) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from tests.db.models import Part
+
+    with pytest.raises(IntegrityError):
+        async with unit_of_work():
+            await Part.create(widget_id=424242)

@@ -1,0 +1,130 @@
+"""The async Active Record API: save, update, delete, create, get, query."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Model, Query, unit_of_work
+from tests.db.conftest import ReadNames
+from tests.db.models import Widget
+
+
+async def test_save_flushes_at_once_and_returns_the_instance(
+    connection: AsyncConnection, stored_names: ReadNames
+) -> None:
+    async with unit_of_work():
+        widget = Widget(name="saved")
+        assert await widget.save() is widget
+        assert widget.id is not None
+        # Flushed: visible in the transaction before the unit of work commits.
+        assert await stored_names() == ["saved"]
+
+
+async def test_a_database_error_surfaces_at_save_and_the_session_stays_usable(
+    stored_names: ReadNames,
+) -> None:
+    async with unit_of_work():
+        await Widget.create(name="taken")
+    async with unit_of_work():
+        await Widget.create(name="rolled-back-with-the-session")
+        with pytest.raises(IntegrityError):
+            await Widget(name="taken").save()
+        assert await Widget.query.count() == 1
+        await Widget.create(name="after")
+    assert await stored_names() == ["after", "taken"]
+
+
+async def test_update_sets_fields_and_saves(stored_names: ReadNames) -> None:
+    async with unit_of_work():
+        widget = await Widget.create(name="old")
+        assert await widget.update(name="new", size=3) is widget
+    assert await stored_names() == ["new"]
+
+
+async def test_update_with_an_unknown_field_raises_before_writing(
+    stored_names: ReadNames,
+) -> None:
+    async with unit_of_work():
+        widget = await Widget.create(name="unchanged")
+        with pytest.raises(TypeError, match="'colour'"):
+            await widget.update(name="changed", colour="red")
+        assert widget.name == "unchanged"
+    assert await stored_names() == ["unchanged"]
+
+
+async def test_delete_removes_the_row(stored_names: ReadNames) -> None:
+    async with unit_of_work():
+        widget = await Widget.create(name="gone")
+        await Widget.create(name="stays")
+        await widget.delete()
+        assert await Widget.get(widget.id) is None
+    assert await stored_names() == ["stays"]
+
+
+async def test_get_returns_the_instance_or_none() -> None:
+    async with unit_of_work():
+        widget = await Widget.create(name="found")
+        found_id = widget.id
+    async with unit_of_work():
+        found = await Widget.get(found_id)
+        assert found is not None and found.name == "found"
+        assert await Widget.get(found_id + 1000) is None
+        assert await Widget.query.get(found_id) is found
+
+
+async def test_query_chains_like_select(connection: AsyncConnection) -> None:
+    async with unit_of_work():
+        for size, name in enumerate(["d", "b", "a", "c", "e"]):
+            await Widget.create(name=name, size=size)
+
+        everything = Widget.query.order_by(Widget.name)
+        assert [w.name for w in await everything.all()] == ["a", "b", "c", "d", "e"]
+        assert [w.name for w in await everything.offset(1).limit(2).all()] == ["b", "c"]
+        assert [w.name for w in await everything.where(Widget.size >= 3).all()] == ["c", "e"]
+        assert (await Widget.query.filter_by(name="b").one()).size == 1
+        first = await everything.first()
+        assert first is not None and first.name == "a"
+        assert await Widget.query.filter_by(name="zzz").first() is None
+        assert await Widget.query.count() == 5
+        assert await everything.where(Widget.size < 2).count() == 2
+        # Each step is a new query: the original is untouched.
+        assert await everything.count() == 5
+
+        with pytest.raises(NoResultFound):
+            await Widget.query.filter_by(name="zzz").one()
+        with pytest.raises(MultipleResultsFound):
+            await Widget.query.one()
+
+
+async def test_query_is_a_select_statement() -> None:
+    query = Widget.query.filter_by(name="a")
+    assert isinstance(query, Query)
+    assert str(query.statement) == str(select(Widget).filter_by(name="a"))
+
+
+@pytest.mark.parametrize("name", ["query", "save", "update", "delete", "create", "get"])
+def test_a_column_named_like_a_method_fails_at_class_creation(name: str) -> None:
+    namespace = {
+        "__tablename__": f"test_clash_{name}",
+        "__annotations__": {"id": "Mapped[int]", name: "Mapped[str]"},
+        "id": mapped_column(primary_key=True),
+        name: mapped_column(),
+    }
+    with pytest.raises(TypeError, match=f"'{name}'.*shadow"):
+        type(f"Clash{name.title()}", (Model,), namespace)
+
+
+def test_overriding_a_method_is_allowed() -> None:
+    class Audited(Model):
+        __tablename__ = "test_audited"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+        async def save(self) -> Audited:
+            return await super().save()
+
+    assert Audited.__tablename__ == "test_audited"
+    Model.metadata.remove(Audited.__table__)  # type: ignore[arg-type]
