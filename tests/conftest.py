@@ -46,9 +46,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     except (OSError, ConnectionError) as error:
         await engine.dispose()
         where = make_url(database_url).render_as_string(hide_password=True)
+        message = f"the test database {where} is unreachable: {error}"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"the test database {where} is unreachable: {error}", pytrace=False)
-        pytest.skip(f"the test database {where} is unreachable: {error}")
+            pytest.exit(f"{message} (CI=true: a missing database fails the run)", returncode=1)
+        pytest.skip(message)
     yield engine
     async with engine.begin() as connection:
         await connection.run_sync(Model.metadata.drop_all)

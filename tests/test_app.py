@@ -91,13 +91,13 @@ async def test_the_engine_exists_only_while_serving() -> None:
     app = create_app()
     async with app.app_context():
         with pytest.raises(RuntimeError, match="only while the app is serving"):
-            db.engine
+            _ = db.engine
 
 
 async def test_an_app_without_the_extension_says_so() -> None:
     async with Quart(__name__).app_context():
         with pytest.raises(RuntimeError, match="init_app"):
-            db.engine
+            _ = db.engine
 
 
 async def test_a_request_before_serving_starts_fails_clearly() -> None:

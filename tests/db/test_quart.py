@@ -29,7 +29,9 @@ async def serve() -> AsyncIterator[Serve]:
     async with AsyncExitStack() as stack:
 
         async def start(app: Quart) -> Client:
-            await stack.enter_async_context(app.test_app())
+            test_app = app.test_app()
+            await test_app.startup()
+            stack.push_async_callback(test_app.shutdown)
             return app.test_client()
 
         yield start
@@ -433,9 +435,7 @@ async def test_on_commit_never_runs_after_a_rolled_back_request(
     assert fresh_probe.committed == []
 
 
-async def test_requests_join_the_tests_transaction(
-    client: Client, stored_names: ReadNames
-) -> None:
+async def test_requests_join_the_tests_transaction(client: Client, stored_names: ReadNames) -> None:
     # Runs rolled back: the request's commit is a savepoint of the test's transaction...
     assert (await client.post("/widgets", json={"name": "visible"})).status_code == 201
     assert await stored_names() == ["visible"]

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import UnitOfWorkError, on_commit, session, unit_of_work
@@ -74,7 +75,7 @@ async def test_an_exception_rolls_back_and_propagates(stored_names: ReadNames) -
 async def test_core_writes_are_committed_too(stored_names: ReadNames) -> None:
     # Not only the ORM's dirty objects: whatever the session executed.
     async with unit_of_work():
-        await session.execute(Widget.__table__.insert().values(name="core", size=1))
+        await session.execute(insert(Widget).values(name="core", size=1))
     assert await stored_names() == ["core"]
 
 
