@@ -94,6 +94,19 @@ async def test_the_engine_exists_only_while_serving() -> None:
             _ = db.engine
 
 
+async def test_the_engine_is_disposed_when_serving_stops(database_url: str) -> None:
+    app = create_app({"DATABASE_URL": database_url})
+    async with app.test_app():
+        async with app.app_context():
+            engine = db.engine
+        assert (await app.test_client().get("/readyz")).status_code == 200
+        assert engine.sync_engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    assert engine.sync_engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    async with app.app_context():
+        with pytest.raises(RuntimeError, match="only while the app is serving"):
+            _ = db.engine
+
+
 async def test_an_app_without_the_extension_says_so() -> None:
     async with Quart(__name__).app_context():
         with pytest.raises(RuntimeError, match="init_app"):

@@ -38,6 +38,13 @@ async def test_a_database_error_surfaces_at_save_and_the_session_stays_usable(
     assert await stored_names() == ["after", "taken"]
 
 
+async def test_attributes_stay_readable_after_the_commit() -> None:
+    # expire_on_commit=False: no lazy load (MissingGreenlet) when serializing later.
+    async with unit_of_work():
+        widget = await Widget.create(name="loaded", size=7)
+    assert (widget.id, widget.name, widget.size) == (widget.id, "loaded", 7)
+
+
 async def test_update_sets_fields_and_saves(stored_names: ReadNames) -> None:
     async with unit_of_work():
         widget = await Widget.create(name="old")

@@ -19,6 +19,7 @@ from service.db import Database, UnitOfWorkError, session
 from service.errors import register_error_handlers
 from tests.db.app import Probe, make_test_app, routes
 from tests.db.conftest import ReadNames
+from tests.db.models import Widget
 
 Serve = Callable[[Quart], Awaitable[Client]]
 
@@ -411,6 +412,37 @@ async def test_the_registry_holds_no_session_after_many_requests(
         await _request_then_disconnect(app, fresh_probe, f"cancelled-{number}")
 
     assert session.registry.registry == {}
+    async with app.app_context():
+        assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.committing
+async def test_a_streamed_body_cannot_write_after_the_commit(
+    database_url: str, serve: Serve, stored_names: ReadNames
+) -> None:
+    # The body is sent after the request context (and its unit of work) is gone.
+    app = make_test_app({"DATABASE_URL": database_url})
+    failures: list[BaseException] = []
+
+    @app.get("/stream")
+    async def stream() -> ResponseTypes:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"["
+            try:
+                await Widget.create(name="written-while-streaming")
+            except UnitOfWorkError as error:
+                failures.append(error)
+            yield b"]"
+
+        return app.response_class(body())
+
+    client = await serve(app)
+
+    response = await client.get("/stream")
+
+    assert await response.get_data() == b"[]"
+    assert [type(failure) for failure in failures] == [UnitOfWorkError]
+    assert await stored_names() == []
 
 
 # on_commit through requests ---------------------------------------------------------------------
