@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
+import service.ledger.models  # noqa: F401 - registers the ledger's tables on Model.metadata
 from alembic import context
 from service.config import Settings
 from service.db import Model, make_engine

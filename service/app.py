@@ -7,23 +7,36 @@ from collections.abc import Mapping
 from typing import Any
 
 from quart import Quart, Response, current_app
+from quart_schema import Info, QuartSchema
 from sqlalchemy import text
 
 from service.config import Settings
 from service.db import Database
-from service.errors import error_response, register_error_handlers
+from service.errors import JSONRequest, error_response, register_error_handlers
+from service.ledger.api import api
 
 db = Database()
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     """Build the app from the environment, then ``config`` on top."""
     app = Quart(__name__)
+    app.request_class = JSONRequest
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.update(Settings().to_app_config())
     if config:
         app.config.update(config)
     db.init_app(app)
+    QuartSchema(
+        app,
+        info=Info(title="Ledger API", version="0.1.0"),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+    )
     register_error_handlers(app)
+    app.register_blueprint(api)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

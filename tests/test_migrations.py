@@ -1,16 +1,19 @@
-"""Alembic runs with an async engine from the same DATABASE_URL as the app."""
+"""Alembic builds the real schema, on SQLite and PostgreSQL, and it matches the models."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import inspect, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 ROOT = Path(__file__).resolve().parent.parent
+LEDGER_TABLES = {"accounts", "entries", "idempotency_keys", "transfers", "users"}
 
 
 async def _alembic(*args: str, url: str) -> str:
@@ -29,26 +32,42 @@ async def _alembic(*args: str, url: str) -> str:
     return output.decode()
 
 
-async def _version(url: str) -> list[str]:
+async def _tables(url: str) -> set[str]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT version_num FROM alembic_version"))
-            return [row[0] for row in rows]
+            return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
     finally:
         await engine.dispose()
 
 
-async def test_upgrade_head_and_back(database_url: str, tmp_path: Path) -> None:
-    # SQLite: a fresh file, created by the upgrade itself. PostgreSQL: the test database.
-    url = database_url
-    if url.startswith("sqlite"):
-        url = f"sqlite+aiosqlite:///{tmp_path}/var/migrated.db"
+@pytest.fixture
+async def empty_database(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A database with nothing in it, of the kind the suite runs on."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{tmp_path}/var/migrated.db"  # created by the upgrade
+        return
+    url = make_url(database_url)
+    name = f"{url.database}_migrations"
+    admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
 
-    await _alembic("downgrade", "base", url=url)  # whatever an earlier run left
-    output = await _alembic("upgrade", "head", url=url)
-    assert "Running upgrade  -> 0001" in output
-    assert await _version(url) == ["0001"]
 
-    await _alembic("downgrade", "base", url=url)
-    assert await _version(url) == []
+async def test_upgrade_builds_the_schema_the_models_describe(empty_database: str) -> None:
+    output = await _alembic("upgrade", "head", url=empty_database)
+    assert "Running upgrade 0001 -> 0002" in output
+    assert LEDGER_TABLES <= await _tables(empty_database)
+
+    # Autogenerate finds no difference between the migrated schema and the models.
+    assert "No new upgrade operations detected" in await _alembic("check", url=empty_database)
+
+    await _alembic("downgrade", "base", url=empty_database)
+    assert await _tables(empty_database) == {"alembic_version"}

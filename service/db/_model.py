@@ -64,8 +64,13 @@ class Query(Generic[_M]):
         return self._chain(self.statement.options(*options))
 
     def with_for_update(self, *, nowait: bool = False, skip_locked: bool = False) -> Query[_M]:
-        """Lock the selected rows until the unit of work ends (``SELECT ... FOR UPDATE``)."""
-        return self._chain(self.statement.with_for_update(nowait=nowait, skip_locked=skip_locked))
+        """Lock the selected rows until the unit of work ends (``SELECT ... FOR UPDATE``).
+
+        Locked rows are read afresh even when already loaded: an instance from
+        before the lock may hold values another transaction has since changed.
+        """
+        statement = self.statement.with_for_update(nowait=nowait, skip_locked=skip_locked)
+        return self._chain(statement.execution_options(populate_existing=True))
 
     async def all(self) -> list[_M]:
         return list((await session.scalars(self.statement)).all())

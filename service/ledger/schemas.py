@@ -1,0 +1,105 @@
+"""Request and response bodies: what validates requests also documents them (OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+MAX_AMOUNT = 10**12
+
+Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)")]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Description = Annotated[str, StringConstraints(max_length=500)]
+AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["USD"])]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewUser(Body):
+    name: Name
+    email: EmailStr
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    email: str
+    created_at: datetime
+
+
+class NewUserOut(UserOut):
+    token: str = Field(description="Shown this once; only its hash is stored.")
+
+
+class NewAccount(Body):
+    name: Name
+    currency: Currency
+
+
+class AccountOut(BaseModel):
+    id: int
+    name: str
+    currency: str
+    balance: int
+    created_at: datetime
+
+
+class AccountPage(BaseModel):
+    items: list[AccountOut]
+    next_cursor: str | None
+
+
+class Movement(Body):
+    amount: Amount
+    description: Description | None = None
+
+
+class EntryOut(BaseModel):
+    id: int
+    account_id: int
+    amount: int
+    balance_after: int
+    kind: Literal["deposit", "withdrawal", "transfer_in", "transfer_out"]
+    description: str | None
+    created_at: datetime
+
+
+class EntryPage(BaseModel):
+    items: list[EntryOut]
+    next_cursor: str | None
+
+
+class NewTransfer(Body):
+    from_account_id: AccountId
+    to_account_id: AccountId
+    amount: Amount
+    description: Description | None = None
+
+
+class TransferOut(BaseModel):
+    id: int
+    from_account_id: int
+    to_account_id: int
+    amount: int
+    description: str | None
+    created_at: datetime
+
+
+class PageQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, object]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
