@@ -26,7 +26,10 @@ class JSONRequest(Request):
     """Reads the body as JSON whatever its content type; bad JSON is a 400 ``invalid_json``."""
 
     async def get_json(self, force: bool = True, silent: bool = False, cache: bool = True) -> Any:
-        return await super().get_json(force=force, silent=silent, cache=cache)
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except UnicodeDecodeError as error:  # raised before Quart's own JSON error handling
+            return None if silent else self.on_json_loading_failed(error)
 
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {error}")

@@ -1,0 +1,99 @@
+"""Idempotency-Key: a repeat replays the first answer and has no second effect."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from quart.typing import TestClientProtocol as Client
+
+from tests.ledger.conftest import Api, Caller, Ledger
+
+
+def _keyed(caller: Caller, key: str) -> dict[str, str]:
+    return {**caller.headers, "Idempotency-Key": key}
+
+
+async def test_a_repeat_replays_the_first_answer_and_writes_once(
+    api: Api, client: Client, ledger: Ledger
+) -> None:
+    ada = await api.user()
+    source, target = await api.account(ada), await api.account(ada)
+    requests = [
+        (f"/accounts/{source}/deposits", {"amount": 500}),
+        (f"/accounts/{source}/withdrawals", {"amount": 100}),
+        ("/transfers", {"from_account_id": source, "to_account_id": target, "amount": 50}),
+    ]
+    for number, (path, body) in enumerate(requests):
+        headers = _keyed(ada, f"key-{number}")
+        first = await client.post(path, json=body, headers=headers)
+        repeat = await client.post(path, json=body, headers=headers)
+
+        assert first.status_code == repeat.status_code == 201
+        assert await first.get_json() == await repeat.get_json()
+        assert repeat.headers["Idempotent-Replayed"] == "true"
+
+    assert (await ledger.balance(source), await ledger.balance(target)) == (350, 50)
+    assert await ledger.entries() == 4
+    assert await ledger.transfers() == 1
+
+
+async def test_the_same_key_with_another_body_is_refused(
+    api: Api, client: Client, ledger: Ledger
+) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+    path = f"/accounts/{account}/deposits"
+    assert (
+        await client.post(path, json={"amount": 1}, headers=_keyed(ada, "k"))
+    ).status_code == 201
+
+    response = await client.post(path, json={"amount": 2}, headers=_keyed(ada, "k"))
+
+    assert response.status_code == 422
+    assert (await response.get_json())["error"]["code"] == "idempotency_key_reused"
+    assert await ledger.balance(account) == 1
+
+
+async def test_keys_belong_to_their_user(api: Api, client: Client, ledger: Ledger) -> None:
+    ada, bob = await api.user(), await api.user()
+    hers, his = await api.account(ada), await api.account(bob)
+    for caller, account in ((ada, hers), (bob, his)):
+        response = await client.post(
+            f"/accounts/{account}/deposits", json={"amount": 7}, headers=_keyed(caller, "shared")
+        )
+        assert response.status_code == 201
+    assert (await ledger.balance(hers), await ledger.balance(his)) == (7, 7)
+
+
+async def test_a_failed_request_leaves_its_key_free_for_a_retry(
+    api: Api, client: Client, ledger: Ledger
+) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+    path, headers = f"/accounts/{account}/withdrawals", _keyed(ada, "retry")
+
+    refused = await client.post(path, json={"amount": 10}, headers=headers)
+    await api.deposit(ada, account, 10)
+    retried = await client.post(path, json={"amount": 10}, headers=headers)
+
+    assert (refused.status_code, retried.status_code) == (422, 201)
+    assert await ledger.balance(account) == 0
+
+
+@pytest.mark.committing
+async def test_concurrent_repeats_apply_once(api: Api, client: Client, ledger: Ledger) -> None:
+    ada = await api.user()
+    source, target = await api.account(ada), await api.account(ada)
+    await api.deposit(ada, source, 1000)
+    body = {"from_account_id": source, "to_account_id": target, "amount": 100}
+
+    responses = await asyncio.gather(
+        *(client.post("/transfers", json=body, headers=_keyed(ada, "once")) for _ in range(8))
+    )
+
+    assert {response.status_code for response in responses} == {201}
+    bodies = [await response.get_json() for response in responses]
+    assert all(body == bodies[0] for body in bodies)
+    assert await ledger.transfers() == 1
+    assert (await ledger.balance(source), await ledger.balance(target)) == (900, 100)

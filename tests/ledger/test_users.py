@@ -1,0 +1,114 @@
+"""Users, tokens, authentication, and the JSON error contract."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from quart.typing import TestClientProtocol as Client
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.ledger.models import User
+from tests.ledger.conftest import Api
+
+
+def _error(body: Any) -> dict[str, Any]:
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+async def test_a_new_user_gets_a_token_stored_only_as_a_hash(
+    client: Client, connection: AsyncConnection
+) -> None:
+    response = await client.post("/users", json={"name": "Ada", "email": "Ada@Example.com"})
+
+    assert response.status_code == 201
+    body = await response.get_json()
+    assert set(body) == {"id", "name", "email", "created_at", "token"}
+    assert body["name"] == "Ada"
+    assert body["email"] == "Ada@example.com"
+    stored = (await connection.execute(select(User.token_hash).where(User.id == body["id"]))).one()
+    assert stored.token_hash == hashlib.sha256(body["token"].encode()).hexdigest()
+    assert body["token"] not in stored.token_hash
+
+    me = await client.get("/users/me", headers={"Authorization": f"Bearer {body['token']}"})
+    assert me.status_code == 200
+    assert await me.get_json() == {key: body[key] for key in ("id", "name", "email", "created_at")}
+
+
+async def test_an_email_in_use_is_refused_whatever_its_case(client: Client) -> None:
+    assert (await client.post("/users", json={"name": "A", "email": "a@b.io"})).status_code == 201
+
+    response = await client.post("/users", json={"name": "B", "email": "A@B.IO"})
+
+    assert response.status_code == 409
+    assert _error(await response.get_json())["code"] == "email_taken"
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"name": "", "email": "a@b.io"}, ["name"]),
+        ({"name": "x" * 101, "email": "a@b.io"}, ["name"]),
+        ({"name": "Ada", "email": "not-an-email"}, ["email"]),
+        ({"name": 5, "email": None}, ["name", "email"]),
+        ({"email": "a@b.io"}, ["name"]),
+        ({"name": "Ada", "email": "a@b.io", "admin": True}, ["admin"]),
+        ([1, 2], ["body"]),
+    ],
+)
+async def test_a_body_that_fails_validation_is_a_422_naming_the_fields(
+    client: Client, body: Any, fields: list[str]
+) -> None:
+    response = await client.post("/users", json=body)
+
+    assert response.status_code == 422
+    error = _error(await response.get_json())
+    assert error["code"] == "validation_error"
+    assert sorted({detail["field"] for detail in error["details"]}) == sorted(fields)
+
+
+@pytest.mark.parametrize("data", [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe"])
+async def test_malformed_json_is_a_400(client: Client, data: bytes) -> None:
+    response = await client.post("/users", data=data, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert _error(await response.get_json())["code"] == "invalid_json"
+
+
+async def test_a_body_over_1_mib_is_a_413(client: Client) -> None:
+    name = "x" * (1024 * 1024)
+    response = await client.post("/users", json={"name": name, "email": "big@b.io"})
+    assert response.status_code == 413
+    assert _error(await response.get_json())["code"] == "request_entity_too_large"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer forged-token", "Basic dXNlcjpwYXNz", "token"],
+)
+async def test_a_missing_or_wrong_token_is_a_401(
+    api: Api, client: Client, authorization: str | None
+) -> None:
+    await api.user()
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path in [("GET", "/users/me"), ("GET", "/accounts"), ("POST", "/transfers")]:
+        response = await client.open(path, method=method, headers=headers, json={})
+        assert response.status_code == 401
+        assert _error(await response.get_json())["code"] == "unauthorized"
+
+
+async def test_the_openapi_document_and_docs_page_are_served(client: Client) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/users", "/accounts", "/transfers", "/accounts/{account_id}/deposits"} <= set(
+        spec["paths"]
+    )
+    deposit = spec["paths"]["/accounts/{account_id}/deposits"]["post"]
+    request_schema = deposit["requestBody"]["content"]["application/json"]["schema"]
+    assert request_schema["properties"]["amount"]["maximum"] == 10**12
+    assert "201" in deposit["responses"]
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "openapi.json" in (await docs.get_data(as_text=True))
