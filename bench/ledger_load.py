@@ -61,17 +61,21 @@ async def _prepare(url: str) -> None:
     if url.startswith("postgresql"):
         parsed = make_url(url)
         admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        name = parsed.database
         async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
         await admin.dispose()
-    subprocess.run(
-        [BIN / "alembic", "upgrade", "head"],
+    migrate = await asyncio.create_subprocess_exec(
+        BIN / "alembic",
+        "upgrade",
+        "head",
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": url},
-        check=True,
-        capture_output=True,
+        stdout=asyncio.subprocess.DEVNULL,
     )
+    if await migrate.wait() != 0:
+        raise RuntimeError("alembic upgrade head failed")
 
 
 def _serve(url: str) -> subprocess.Popen[bytes]:
