@@ -97,3 +97,17 @@ async def test_concurrent_repeats_apply_once(api: Api, client: Client, ledger: L
     assert all(body == bodies[0] for body in bodies)
     assert await ledger.transfers() == 1
     assert (await ledger.balance(source), await ledger.balance(target)) == (900, 100)
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+async def test_a_key_of_the_wrong_length_is_a_422(
+    api: Api, client: Client, ledger: Ledger, key: str
+) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+    response = await client.post(
+        f"/accounts/{account}/deposits", json={"amount": 5}, headers=_keyed(ada, key)
+    )
+    assert response.status_code == 422
+    assert (await response.get_json())["error"]["details"][0]["field"] == "Idempotency-Key"
+    assert await ledger.entries() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -112,3 +113,17 @@ async def test_the_openapi_document_and_docs_page_are_served(client: Client) -> 
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "openapi.json" in (await docs.get_data(as_text=True))
+
+
+@pytest.mark.committing
+async def test_concurrent_registrations_of_one_email_give_one_user(client: Client) -> None:
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/users", json={"name": f"n{n}", "email": f"{'SAME' if n % 2 else 'same'}@b.io"}
+            )
+            for n in range(6)
+        )
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201, 409, 409, 409, 409, 409]
