@@ -6,7 +6,7 @@ import asyncio
 from logging.config import fileConfig
 from typing import Any
 
-from sqlalchemy import pool
+from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 
 import service.ledger.models  # noqa: F401 - registers the ledger's tables on Model.metadata
@@ -47,10 +47,25 @@ def _run_migrations(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # Foreign keys are off during migrations (below), so check them at the end.
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                raise RuntimeError(f"the migration broke foreign keys: {broken}")
+
+
+def _foreign_keys_off(connection: Any, record: Any) -> None:
+    # SQLite rebuilds a table to alter it ("batch" mode): dropping the old one
+    # with foreign keys on would cascade to, or fail on, the rows referring to it.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = OFF")
+    cursor.close()
 
 
 async def run_migrations_online() -> None:
     engine = make_engine(_database_url(), poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _foreign_keys_off)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_migrations)

@@ -20,7 +20,8 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db import Model, make_engine, session
+from service.db import Model, make_engine
+from service.db._session import join_sessions_to
 from tests.db.app import make_test_app
 
 pytest_plugins: list[str] = []
@@ -74,22 +75,18 @@ async def connection(
     request: pytest.FixtureRequest, engine: AsyncEngine, app: Quart
 ) -> AsyncIterator[AsyncConnection | None]:
     """The test's outer transaction, which every session of the test joins."""
-    factory = session.session_factory
-    saved = dict(factory.kw)
     if request.node.get_closest_marker("committing"):
         try:
             yield None
         finally:
-            factory.kw = saved
             async with engine.begin() as cleanup:
                 for table in reversed(Model.metadata.sorted_tables):
                     await cleanup.execute(delete(table))
         return
     async with engine.connect() as outer:
         transaction = await outer.begin()
-        factory.configure(bind=outer, join_transaction_mode="create_savepoint")
         try:
-            yield outer
+            with join_sessions_to(outer):
+                yield outer
         finally:
-            factory.kw = saved
             await transaction.rollback()

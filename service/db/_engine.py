@@ -45,9 +45,9 @@ def _sqlite_connect(connection: DBAPIConnection, record: ConnectionPoolEntry) ->
     # emit it ourselves, which also makes SAVEPOINT work.
     connection.isolation_level = None
     cursor = connection.cursor()
-    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL may wait
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
 

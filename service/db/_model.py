@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
+import inspect as pyinspect
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from sqlalchemy import MetaData, Select, func, select
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy import MetaData, Select, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql._typing import _ColumnExpressionArgument, _ColumnExpressionOrStrLabelArgument
@@ -35,10 +34,11 @@ class Query(Generic[_M]):
     ``one()``, ``count()`` and ``get()`` are awaited.
     """
 
-    __slots__ = ("model", "statement")
+    __slots__ = ("_plain", "model", "statement")
 
     def __init__(self, model: type[_M], statement: Select[_M] | None = None) -> None:
         self.model = model
+        self._plain = statement is None
         self.statement: Select[_M] = select(model) if statement is None else statement
 
     def _chain(self, statement: Select[_M]) -> Query[_M]:
@@ -73,22 +73,34 @@ class Query(Generic[_M]):
         return self._chain(statement.execution_options(populate_existing=True))
 
     async def all(self) -> list[_M]:
-        return list((await session.scalars(self.statement)).all())
+        return list((await session.scalars(self.statement)).unique().all())
 
     async def first(self) -> _M | None:
-        return (await session.scalars(self.statement.limit(1))).first()
+        return (await session.scalars(self.statement.limit(1))).unique().first()
 
     async def one(self) -> _M:
         """The one row; raises ``NoResultFound`` or ``MultipleResultsFound`` otherwise."""
-        return (await session.scalars(self.statement)).one()
+        return (await session.scalars(self.statement)).unique().one()
 
     async def count(self) -> int:
         counted = select(func.count()).select_from(self.statement.order_by(None).subquery())
         return (await session.scalar(counted)) or 0
 
     async def get(self, pk: Any) -> _M | None:
-        """The instance with this primary key, or ``None`` (from the identity map if loaded)."""
-        return await session.get(self.model, pk)
+        """The instance with this primary key, or ``None``.
+
+        On the bare query, from the identity map when already loaded; after
+        ``where()``, ``with_for_update()`` or ``options()``, through the chained
+        statement, so its filters, lock and options apply.
+        """
+        if self._plain:
+            return await session.get(self.model, pk)
+        columns = inspect(self.model).primary_key
+        values = pk if isinstance(pk, tuple) else (pk,)
+        if len(values) != len(columns):
+            raise ValueError(f"{self.model.__name__} has a primary key of {len(columns)} columns")
+        matching = self.statement.where(*(c == v for c, v in zip(columns, values, strict=True)))
+        return (await session.scalars(matching)).unique().one_or_none()
 
 
 class _QueryDescriptor:
@@ -96,7 +108,7 @@ class _QueryDescriptor:
         return Query(owner)
 
 
-_RESERVED = frozenset({"create", "delete", "get", "query", "save", "update"})
+_RESERVED = frozenset({"awaitable_attrs", "create", "delete", "get", "query", "save", "update"})
 
 
 class Model(AsyncAttrs, DeclarativeBase):
@@ -112,11 +124,15 @@ class Model(AsyncAttrs, DeclarativeBase):
     """``await User.query.filter_by(name="Foo").all()``"""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        annotated = set(inspect.get_annotations(cls))
         shadowing = sorted(
-            name
-            for name in _RESERVED
-            if name in annotated or (name in cls.__dict__ and not _is_method(cls.__dict__[name]))
+            {
+                name
+                for klass in cls.__mro__
+                if klass not in Model.__mro__  # the class, its bases and its mixins
+                for name in _RESERVED
+                if name in pyinspect.get_annotations(klass)
+                or (name in klass.__dict__ and not _is_method(klass.__dict__[name]))
+            }
         )
         if shadowing:
             raise TypeError(
@@ -129,8 +145,9 @@ class Model(AsyncAttrs, DeclarativeBase):
     async def save(self) -> Self:
         """Add to the session and flush, so a database error surfaces here.
 
-        On a ``DatabaseError`` the session is rolled back (so it stays usable)
-        and the error re-raised.
+        If the flush fails the session is rolled back, so that it stays usable,
+        and the error re-raised. The rollback undoes all of the unit of work so
+        far and expires the objects it loaded: load again what you still need.
         """
         session.add(self)
         await _flush()
@@ -147,7 +164,7 @@ class Model(AsyncAttrs, DeclarativeBase):
         return await self.save()
 
     async def delete(self) -> None:
-        """Delete and flush; on a ``DatabaseError`` the session is rolled back."""
+        """Delete and flush; if the flush fails the session is rolled back, as by ``save()``."""
         await session.delete(self)
         await _flush()
 
@@ -163,12 +180,14 @@ class Model(AsyncAttrs, DeclarativeBase):
 
 
 def _is_method(value: object) -> bool:
-    return inspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
+    return pyinspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
 
 
 async def _flush() -> None:
     try:
         await session.flush()
-    except DatabaseError:
+    except Exception:
+        # Any failed flush leaves the session needing a rollback before its next
+        # use; do it now, so the handler can still answer and use the database.
         await session.rollback()
         raise

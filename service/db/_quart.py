@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from quart import Quart, current_app, request
+from quart import Quart, Request, current_app, request
+from quart.globals import request_ctx
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -15,13 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
 
 from service.db._engine import make_engine
-from service.db._session import current_unit_of_work, session
+from service.db._session import session
 from service.db._unit_of_work import UnitOfWork
 
 __all__ = ["Database"]
 
 _EXTENSION = "service.db"
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What a response for a failed commit must not inherit from the one it replaces.
+_REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
+
+# Each request's unit of work, found again by its request: Quart may run a
+# preserved request context's teardown later, in another task.
+_units: WeakKeyDictionary[Request, UnitOfWork] = WeakKeyDictionary()
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +81,9 @@ class Database:
     async def _start(self) -> None:
         state = _state(current_app)
         state.engine = make_engine(current_app.config["DATABASE_URL"], **state.options)
-        session.session_factory.configure(bind=state.engine)
+        if session.session_factory.kw.get("bind") is None:
+            # The default for units of work outside requests; requests carry their app's.
+            session.session_factory.configure(bind=state.engine)
 
     async def _stop(self) -> None:
         state = _state(current_app)
@@ -87,15 +96,18 @@ class Database:
             session.session_factory.configure(bind=None)
 
     async def _begin_request(self) -> None:
-        if _state(current_app).engine is None:
+        state = _state(current_app)
+        if state.engine is None:
             raise RuntimeError(
                 "A request arrived before the app started serving, so it has no database engine."
                 " In tests, use `async with app.test_app():` around the test client."
             )
-        UnitOfWork(readonly=request.method in _READ_ONLY_METHODS).begin()
+        unit = UnitOfWork(readonly=request.method in _READ_ONLY_METHODS, bind=state.engine)
+        unit.begin()
+        _units[request_ctx.request] = unit
 
     async def _end_request(self, response: ResponseTypes) -> ResponseTypes:
-        unit = current_unit_of_work()
+        unit = _units.get(request_ctx.request)
         if unit is None:
             return response
         if response.status_code >= 400:
@@ -107,15 +119,21 @@ class Database:
             # Raising here would make Quart run every after_request function a
             # second time; answer the client with the failure instead.
             logger.exception("commit failed; the request's changes were rolled back")
-            return await _error_response(error)
+            return await _error_response(error, response)
         return response
 
     async def _teardown_request(self, exc: BaseException | None) -> None:
         # Also runs when after_request did not: an exception propagated (testing,
         # debug), or the client went away and the handler was cancelled.
-        unit = current_unit_of_work()
-        if unit is not None:
+        unit = _units.pop(request_ctx.request, None)
+        if unit is None:
+            return
+        try:
             await unit.close()
+        except Exception:
+            # The outcome was decided in after_request; a failed close must not
+            # turn a committed request into an error. The connection is discarded.
+            logger.exception("closing the request's session failed")
 
 
 def _state(app: Quart) -> _AppState:
@@ -126,23 +144,29 @@ def _state(app: Quart) -> _AppState:
     return state
 
 
-async def _error_response(error: Exception) -> ResponseTypes:
-    """The response for a failed commit, rendered by the app's own error handlers."""
+async def _error_response(error: Exception, replaced: ResponseTypes) -> ResponseTypes:
+    """The response for a failed commit, rendered by the app's own error handlers.
+
+    It keeps the headers other hooks set (CORS, say), but none that describe
+    the body or the resource of the response it replaces.
+    """
     http_error: HTTPException
     if isinstance(error, IntegrityError):
-        http_error = Conflict("The changes conflict with data already stored; nothing was saved.")
+        http_error = Conflict("The changes conflict with data already stored; they were not saved.")
     elif _unreachable(error):
         http_error = ServiceUnavailable(
             "The database could not be reached to complete the request. Retry later."
         )
     else:
         http_error = InternalServerError("The changes could not be committed.")
-    return await current_app.make_response(await current_app.handle_http_exception(http_error))
+    response = await current_app.make_response(await current_app.handle_http_exception(http_error))
+    for name, value in replaced.headers.items():
+        if name.lower() not in _REPLACED_HEADERS and name not in response.headers:
+            response.headers.add(name, value)
+    return response
 
 
 def _unreachable(error: Exception) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(
-        error, OperationalError | InterfaceError | PoolTimeoutError | OSError | asyncio.TimeoutError
-    )
+    return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)

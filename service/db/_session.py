@@ -10,16 +10,26 @@ fresh session that nobody commits or removes, and its writes would vanish.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+)
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from service.db._unit_of_work import UnitOfWork
 
-__all__ = ["UnitOfWorkError", "current_unit_of_work", "session"]
+__all__ = ["UnitOfWorkError", "current_unit_of_work", "join_sessions_to", "session"]
+
+Bind = AsyncEngine | AsyncConnection
 
 
 class UnitOfWorkError(RuntimeError):
@@ -31,9 +41,12 @@ class UnitOfWorkError(RuntimeError):
 # means "child task of a unit of work", not "inside one".
 _current: ContextVar[UnitOfWork | None] = ContextVar("service_db_unit_of_work", default=None)
 
+# Set by tests: every session joins this connection's transaction (savepoints).
+_joined: AsyncConnection | None = None
+
 _OUTSIDE = (
     "The database session was used outside a unit of work. Handlers served by `Database` "
-    "get one per request; anywhere else (scripts, jobs, tests) wrap the code in "
+    "get one per HTTP request; anywhere else (scripts, jobs, tests) wrap the code in "
     "`async with unit_of_work(): ...` or decorate the coroutine with `@unit_of_work()`."
 )
 _CHILD_TASK = (
@@ -71,11 +84,47 @@ class _Session(Session):
     """
 
 
+class _SessionMaker(async_sessionmaker[AsyncSession]):
+    """Makes the current unit of work's session, bound to the unit's own engine.
+
+    Each app's requests carry their app's engine, so two apps in one process
+    never write to each other's database. A unit without one uses the bind the
+    factory is configured with (the first app to start serving).
+    """
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        unit = _current.get()
+        if _joined is not None:
+            local_kw.setdefault("bind", _joined)
+            local_kw.setdefault("join_transaction_mode", "create_savepoint")
+        elif unit is not None and unit.bind is not None:
+            local_kw.setdefault("bind", unit.bind)
+        made = super().__call__(**local_kw)
+        if unit is not None:
+            unit.session = made
+        return made
+
+
 session: async_scoped_session[AsyncSession] = async_scoped_session(
-    async_sessionmaker(expire_on_commit=False, sync_session_class=_Session),
+    _SessionMaker(expire_on_commit=False, sync_session_class=_Session),
     scopefunc=_scope,
 )
 """The current unit of work's ``AsyncSession``, created on first use.
 
 Full SQLAlchemy is available through it: ``await session.execute(select(...))``.
 """
+
+
+@contextmanager
+def join_sessions_to(connection: AsyncConnection) -> Iterator[None]:
+    """Make every session join ``connection``'s transaction, through savepoints (for tests).
+
+    Code under test then commits and rolls back as usual, while the caller rolls
+    back the outer transaction at the end, leaving nothing behind.
+    """
+    global _joined
+    previous, _joined = _joined, connection
+    try:
+        yield
+    finally:
+        _joined = previous

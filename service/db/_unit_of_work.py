@@ -11,13 +11,14 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from contextlib import AsyncContextDecorator
+from contextvars import Token
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
-from service.db._session import UnitOfWorkError, _current, current_unit_of_work, session
+from service.db._session import Bind, UnitOfWorkError, _current, current_unit_of_work, session
 
 __all__ = ["UnitOfWork", "on_commit", "unit_of_work"]
 
@@ -31,37 +32,41 @@ async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
 
     A COMMIT cut off by a cancellation has an unknown outcome, and a close cut
     off leaves a connection in an unknown state. The caller's cancellation is
-    re-raised once ``coro`` is done.
+    re-raised once ``coro`` is done, even if ``coro`` failed.
     """
     task = asyncio.ensure_future(coro)
     cancelled: asyncio.CancelledError | None = None
-    while True:
+    while not task.done():
         try:
-            result = await asyncio.shield(task)
+            await asyncio.shield(task)
         except asyncio.CancelledError as error:
-            if task.done():
-                raise
-            cancelled = error
-        else:
-            break
+            if not task.done():
+                cancelled = error
+        except BaseException:
+            break  # the task failed; its error is raised below
     if cancelled is not None:
-        raise cancelled
-    return result
+        failure = None if task.cancelled() else task.exception()
+        raise cancelled from failure
+    return task.result()
 
 
 class UnitOfWork:
     """One activation of a unit of work, owned by the task that created it."""
 
-    __slots__ = ("_finished", "_token", "readonly", "task")
+    __slots__ = ("_closed", "_finished", "_token", "bind", "readonly", "session", "task")
 
-    def __init__(self, *, readonly: bool = False) -> None:
+    def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
         task = asyncio.current_task()
         if task is None:
             raise UnitOfWorkError("A unit of work must run inside an asyncio task.")
         self.task = task
         self.readonly = readonly
-        self._token: Any = None
+        self.bind = bind
+        self.session: AsyncSession | None = None
+        """Set when the registry makes this unit's session, on first use."""
+        self._token: Token[UnitOfWork | None] | None = None
         self._finished = False
+        self._closed = False
 
     def begin(self) -> None:
         """Make this the current task's unit of work. No connection is opened yet."""
@@ -81,13 +86,16 @@ class UnitOfWork:
         if self._finished:
             return
         self._finished = True
-        if not session.registry.has():
+        current = self.session
+        if current is None:
             return
-        current = session()
         try:
+            # Flush here, in the owning task, where flush listeners may use the
+            # session; then COMMIT where a cancellation cannot cut it in half.
+            await current.flush()
             await run_to_completion(current.commit())
         except Exception:
-            await self._rollback_quietly()
+            await _rollback_quietly(current)
             raise
 
     async def rollback(self) -> None:
@@ -95,37 +103,47 @@ class UnitOfWork:
         if self._finished:
             return
         self._finished = True
-        if session.registry.has():
-            await run_to_completion(session().rollback())
+        if self.session is not None:
+            await _rollback_quietly(self.session)
 
     async def close(self) -> None:
         """Roll back whatever is left, remove the session, then run committed callbacks.
 
-        The registry entry is cleared even if closing raises, and the task
+        Safe to call twice, and from another task than the owner (Quart runs a
+        preserved request context's teardown later). The registry entry is
+        cleared and committed callbacks run even if closing raises; the task
         leaves the unit of work before any callback runs, so a callback that
         needs the database opens a unit of work of its own.
         """
-        callbacks: list[_callbacks.Callback] = []
+        if self._closed:
+            return
+        self._closed = self._finished = True
+        current, self.session = self.session, None
         try:
-            if session.registry.has():
-                current = session()
+            if current is not None:
                 try:
                     await run_to_completion(current.close())
                 finally:
-                    session.registry.clear()
-                    callbacks = _callbacks.take_committed(current)
+                    if session.registry.registry.get(self.task) is current:
+                        del session.registry.registry[self.task]
         finally:
-            self._finished = True
-            _current.reset(self._token)
-        await _callbacks.run(callbacks)
+            if self._token is not None:
+                try:
+                    _current.reset(self._token)
+                except ValueError:
+                    pass  # closed from another context; the owner's goes with its task
+            callbacks = [] if current is None else _callbacks.take_committed(current)
+            if callbacks:
+                await run_to_completion(_callbacks.run(callbacks))
 
-    async def _rollback_quietly(self) -> None:
-        # After a failed COMMIT the connection may be gone; close() follows and
-        # discards it either way, so a second error here must not hide the first.
-        try:
-            await run_to_completion(session().rollback())
-        except Exception:
-            logger.warning("rollback after a failed commit also failed", exc_info=True)
+
+async def _rollback_quietly(current: AsyncSession) -> None:
+    # The connection may be gone; close() follows and discards it either way,
+    # so an error here must not replace the error (or the status) that led here.
+    try:
+        await run_to_completion(current.rollback())
+    except Exception:
+        logger.warning("rollback failed; the connection will be discarded", exc_info=True)
 
 
 class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, like contextlib's
@@ -133,21 +151,24 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
 
     Commit on success, roll back on an exception, always remove the task's
     session. Inside another unit of work of the same task it opens a savepoint
-    instead. As a decorator, each call is a unit of work of its own, which makes
-    the coroutine safe to run as a child task (``asyncio.gather``, TaskGroup).
+    instead. As a decorator each call is entered afresh, which makes the
+    coroutine safe to run as a child task (``asyncio.gather``, TaskGroup): there
+    it is a unit of work of its own.
 
     ``readonly`` is a hint that the work only reads: on SQLite the transaction
     then begins DEFERRED so that readers stay concurrent (writes begin
     IMMEDIATE, taking the write lock at BEGIN). It changes nothing elsewhere.
+    ``bind`` is the engine to use, by default the first serving app's.
     """
 
-    def __init__(self, *, readonly: bool = False) -> None:
+    def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
         self.readonly = readonly
+        self.bind = bind
         self._unit: UnitOfWork | None = None
         self._savepoint: AsyncSessionTransaction | None = None
 
     def _recreate_cm(self) -> Self:
-        return type(self)(readonly=self.readonly)
+        return type(self)(readonly=self.readonly, bind=self.bind)
 
     async def __aenter__(self) -> None:
         if self._unit is not None or self._savepoint is not None:
@@ -155,7 +176,7 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
         if current_unit_of_work() is not None:
             self._savepoint = await session().begin_nested()
             return
-        unit = UnitOfWork(readonly=self.readonly)
+        unit = UnitOfWork(readonly=self.readonly, bind=self.bind)
         unit.begin()
         self._unit = unit
 
@@ -176,6 +197,13 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
                 await savepoint.rollback()
             return
         assert unit is not None
+        if asyncio.current_task() is not unit.task:
+            await unit.close()  # rolls back
+            raise UnitOfWorkError(
+                "A unit of work was entered in one task and exited in another (as an async "
+                "fixture's setup and teardown are); nothing was committed. Enter and exit it "
+                "in the same task."
+            )
         try:
             if exc_type is None:
                 await unit.commit()

@@ -226,7 +226,7 @@ async def test_a_constraint_violated_at_commit_answers_409_and_writes_nothing(
     assert response.status_code == 409
     error = _error(await response.get_json())
     assert error["code"] == "conflict"
-    assert "nothing was saved" in error["message"]
+    assert "not saved" in error["message"]
     assert await stored_names() == []
 
     # The failed commit poisoned nothing: the next request commits normally.
