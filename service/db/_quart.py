@@ -9,6 +9,7 @@ from weakref import WeakKeyDictionary
 
 from quart import Quart, Request, current_app, request
 from quart.globals import request_ctx
+from quart.signals import got_request_exception
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -66,6 +67,7 @@ class Database:
         app.before_request_funcs[None].insert(0, self._begin_request)
         app.after_request_funcs[None].insert(0, self._end_request)
         app.teardown_request_funcs[None].insert(0, self._teardown_request)
+        got_request_exception.connect(self._on_exception, sender=app, weak=False)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -107,33 +109,49 @@ class Database:
         _units[request_ctx.request] = unit
 
     async def _end_request(self, response: ResponseTypes) -> ResponseTypes:
-        unit = _units.get(request_ctx.request)
-        if unit is None:
-            return response
-        if response.status_code >= 400:
-            await unit.rollback()
-            return response
-        try:
-            await unit.commit()
-        except Exception as error:
-            # Raising here would make Quart run every after_request function a
-            # second time; answer the client with the failure instead.
-            logger.exception("commit failed; the request's changes were rolled back")
-            return await _error_response(error, response)
-        return response
-
-    async def _teardown_request(self, exc: BaseException | None) -> None:
-        # Also runs when after_request did not: an exception propagated (testing,
-        # debug), or the client went away and the handler was cancelled.
         unit = _units.pop(request_ctx.request, None)
         if unit is None:
-            return
+            return response
         try:
-            await unit.close()
-        except Exception:
-            # The outcome was decided in after_request; a failed close must not
-            # turn a committed request into an error. The connection is discarded.
-            logger.exception("closing the request's session failed")
+            if response.status_code >= 400:
+                await unit.rollback()
+            else:
+                try:
+                    await unit.commit()
+                except Exception as error:
+                    # Raising here would make Quart run every after_request
+                    # function again; answer the client with the failure instead.
+                    logger.exception("commit failed; the request's changes were rolled back")
+                    response = await _error_response(error, response)
+        finally:
+            # Done now rather than at teardown, which Quart skips for a preserved
+            # request context (`async with app.test_client()`).
+            await _close(unit)
+        return response
+
+    async def _on_exception(self, sender: Quart, exception: BaseException, **extra: Any) -> None:
+        # Sent for an unhandled exception, before it propagates (testing, debug);
+        # teardown may then never come, if the request context is preserved.
+        unit = _units.pop(request_ctx.request, None)
+        if unit is not None:
+            await unit.rollback()
+            await _close(unit)
+
+    async def _teardown_request(self, exc: BaseException | None) -> None:
+        # For whatever did not end above: above all a handler cancelled because
+        # the client went away, where neither after_request nor the signal run.
+        unit = _units.pop(request_ctx.request, None)
+        if unit is not None:
+            await _close(unit)
+
+
+async def _close(unit: UnitOfWork) -> None:
+    try:
+        await unit.close()
+    except Exception:
+        # The outcome is decided by then: a failed close must not turn a
+        # committed request into an error. The connection is discarded.
+        logger.exception("closing the request's session failed")
 
 
 def _state(app: Quart) -> _AppState:

@@ -82,11 +82,21 @@ async def create_dangling_part() -> ResponseReturnValue:
 
 @routes.post("/widgets/cut")
 async def create_then_lose_connection() -> ResponseReturnValue:
-    """PostgreSQL only: the server drops this request's connection before the commit."""
+    """PostgreSQL only: the server drops this request's connection before it ends."""
     await Widget.create(name=await _name())
     pid = await session.scalar(text("SELECT pg_backend_pid()"))
     async with db.engine.connect() as other:
         await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return {"ok": True}, request.args.get("status", 201, type=int)
+
+
+@routes.post("/widgets/read-then-write")
+async def read_then_write() -> ResponseReturnValue:
+    """Reads, holds the transaction open until the test lets it go, then writes."""
+    seen = await Widget.query.count()
+    probe.started.set()
+    await probe.proceed.wait()
+    await Widget.create(name=await _name(), size=seen)
     return {"ok": True}, 201
 
 

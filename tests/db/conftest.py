@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -10,6 +13,7 @@ from tests.db.app import Probe, probe
 from tests.db.models import Widget
 
 ReadNames = Callable[[], Awaitable[list[str]]]
+Serve = Callable[[Quart], Awaitable[Client]]
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,17 @@ def fresh_probe() -> Probe:
     probe.started.clear()
     probe.proceed.clear()
     return probe
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start an app of the test's own making; it stops when the test ends."""
+    async with AsyncExitStack() as stack:
+
+        async def start(app: Quart) -> Client:
+            test_app = app.test_app()
+            await test_app.startup()
+            stack.push_async_callback(test_app.shutdown)
+            return app.test_client()
+
+        yield start

@@ -135,3 +135,38 @@ def test_overriding_a_method_is_allowed() -> None:
 
     assert Audited.__tablename__ == "test_audited"
     Model.metadata.remove(Audited.__table__)  # type: ignore[arg-type]
+
+
+def test_a_mixin_cannot_shadow_a_method_either() -> None:
+    class Queryable:
+        query: Mapped[str] = mapped_column()
+
+    with pytest.raises(TypeError, match="'query'.*shadow"):
+        type(
+            "Mixed",
+            (Queryable, Model),
+            {
+                "__tablename__": "test_mixed",
+                "__annotations__": {"id": "Mapped[int]"},
+                "id": mapped_column(primary_key=True),
+            },
+        )
+
+
+async def test_any_failed_flush_rolls_back_and_leaves_the_session_usable(
+    stored_names: ReadNames,
+) -> None:
+    async with unit_of_work():
+        with pytest.raises(Exception):  # noqa: B017 - the driver's own error, which varies
+            await Widget.create(name="too-big", size=10**30)
+        await Widget.create(name="after")
+    assert await stored_names() == ["after"]
+
+
+async def test_a_chained_query_get_applies_the_chain() -> None:
+    async with unit_of_work():
+        small = await Widget.create(name="small", size=1)
+        assert await Widget.query.where(Widget.size > 5).get(small.id) is None
+        locked = await Widget.query.with_for_update().get(small.id)
+        assert locked is small
+        assert await Widget.query.filter_by(name="small").get(small.id + 1) is None

@@ -296,3 +296,39 @@ async def test_on_commit_outside_a_unit_of_work_fails() -> None:
     callback: Callable[[], Awaitable[Any]] = asyncio.sleep  # type: ignore[assignment]
     with pytest.raises(UnitOfWorkError):
         on_commit(callback)
+
+
+async def test_a_cancelled_caller_of_a_failing_shielded_call_is_still_cancelled() -> None:
+    from service.db._unit_of_work import run_to_completion
+
+    started = asyncio.Event()
+
+    async def fails_later() -> None:
+        started.set()
+        await asyncio.sleep(0.1)
+        raise ValueError("the shielded work failed")
+
+    caller = asyncio.create_task(run_to_completion(fails_later()))
+    await started.wait()
+    caller.cancel()
+
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await caller
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+async def test_a_unit_of_work_exited_in_another_task_is_refused_and_rolled_back(
+    stored_names: ReadNames,
+) -> None:
+    unit = unit_of_work()
+
+    async def enter() -> None:
+        await unit.__aenter__()
+        await Widget.create(name="never")
+
+    await asyncio.create_task(enter())
+    with pytest.raises(UnitOfWorkError, match="entered in one task and exited in another"):
+        await unit.__aexit__(None, None, None)
+
+    assert session.registry.registry == {}
+    assert await stored_names() == []

@@ -1,0 +1,146 @@
+"""The Quart binding where Quart itself takes unusual paths."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from quart import Quart, g
+from quart.typing import ResponseTypes
+from quart.typing import TestClientProtocol as Client
+from sqlalchemy import select
+
+from service.app import db
+from service.db import Database, Model, make_engine, session
+from service.errors import register_error_handlers
+from tests.db.app import make_test_app, routes
+from tests.db.conftest import ReadNames, Serve
+from tests.db.models import Widget
+
+
+@pytest.mark.committing
+async def test_a_preserved_request_context_still_commits_and_removes_its_session(
+    app: Quart, stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `async with app.test_client()` keeps each request's context until the
+    # next request or the block's end: teardown then runs in another task.
+    async with app.test_client() as client:
+        assert (await client.post("/widgets", json={"name": "kept"})).status_code == 201
+        assert (await client.post("/widgets?status=400", json={"name": "no"})).status_code == 400
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", True)
+    async with app.test_client() as client:
+        with pytest.raises(RuntimeError):
+            await client.post("/widgets/raise", json={"name": "raised"})
+
+    assert session.registry.registry == {}
+    async with app.app_context():
+        assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await stored_names() == ["kept"]
+
+
+@pytest.mark.committing
+async def test_another_hook_may_use_the_database_before_the_view(
+    database_url: str,
+    serve: Serve,
+    stored_names: ReadNames,  # noqa: F811
+) -> None:
+    app = Quart(__name__)
+    app.config["DATABASE_URL"] = database_url
+
+    @app.before_request
+    async def remember_count() -> None:  # registered before the extension
+        g.widgets_before = await Widget.query.count()
+
+    Database(app)
+    register_error_handlers(app)
+    app.register_blueprint(routes)
+
+    @app.post("/counted")
+    async def counted() -> tuple[dict[str, int], int]:
+        await Widget.create(name="counted")
+        return {"before": g.widgets_before}, 201
+
+    client = await serve(app)
+
+    response = await client.post("/counted")
+
+    assert (response.status_code, await response.get_json()) == (201, {"before": 0})
+    assert await stored_names() == ["counted"]
+
+
+@pytest.mark.committing
+async def test_a_failed_commit_keeps_the_headers_other_hooks_set(
+    database_url: str,
+    serve: Serve,  # noqa: F811
+) -> None:
+    app = make_test_app({"DATABASE_URL": database_url})
+
+    @app.after_request
+    def cors(response: ResponseTypes) -> ResponseTypes:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    client = await serve(app)
+
+    response = await client.post("/parts", json={"name": "orphan-owner"})
+
+    assert response.status_code == 409
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.content_type == "application/json"
+
+
+@pytest.mark.committing
+async def test_a_lost_connection_on_an_error_status_stays_that_status(
+    database_url: str, client: Client, stored_names: ReadNames
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server that could drop the connection")
+
+    # The rollback fails as well: that must not turn the 422 into a 500.
+    response = await client.post("/widgets/cut?status=422", json={"name": "lost"})
+
+    assert response.status_code == 422
+    assert await stored_names() == []
+
+
+@pytest.fixture
+async def two_apps(tmp_path: Path) -> AsyncIterator[tuple[Quart, Quart, str, str]]:
+    urls = [f"sqlite+aiosqlite:///{tmp_path}/{name}.db" for name in ("a", "b")]
+    for url in urls:
+        engine = make_engine(url)
+        async with engine.begin() as connection:
+            await connection.run_sync(
+                Model.metadata.create_all, tables=[Model.metadata.tables["test_widgets"]]
+            )
+        await engine.dispose()
+    first, second = (make_test_app({"DATABASE_URL": url}) for url in urls)
+    yield first, second, urls[0], urls[1]
+
+
+async def _names(url: str) -> list[str]:
+    engine = make_engine(url)
+    async with engine.connect() as connection:
+        names = list((await connection.scalars(select(Widget.name))).all())
+    await engine.dispose()
+    return names
+
+
+@pytest.mark.committing
+async def test_two_apps_in_one_process_write_to_their_own_databases(
+    two_apps: tuple[Quart, Quart, str, str],
+) -> None:
+    first, second, first_url, second_url = two_apps
+    async with first.test_app():
+        async with second.test_app():
+            assert (
+                await first.test_client().post("/widgets", json={"name": "a"})
+            ).status_code == 201
+            assert (
+                await second.test_client().post("/widgets", json={"name": "b"})
+            ).status_code == 201
+        # The second app has stopped; the first still serves from its own engine.
+        assert (await first.test_client().post("/widgets", json={"name": "a2"})).status_code == 201
+
+    assert sorted(await _names(first_url)) == ["a", "a2"]
+    assert await _names(second_url) == ["b"]
