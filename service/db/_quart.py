@@ -109,49 +109,31 @@ class Database:
         _units[request_ctx.request] = unit
 
     async def _end_request(self, response: ResponseTypes) -> ResponseTypes:
+        # Ends the unit here rather than at teardown, which Quart skips for a
+        # preserved request context (`async with app.test_client()`).
         unit = _units.pop(request_ctx.request, None)
         if unit is None:
             return response
         try:
-            if response.status_code >= 400:
-                await unit.rollback()
-            else:
-                try:
-                    await unit.commit()
-                except Exception as error:
-                    # Raising here would make Quart run every after_request
-                    # function again; answer the client with the failure instead.
-                    logger.exception("commit failed; the request's changes were rolled back")
-                    response = await _error_response(error, response)
-        finally:
-            # Done now rather than at teardown, which Quart skips for a preserved
-            # request context (`async with app.test_client()`).
-            await _close(unit)
+            await unit.end(commit=response.status_code < 400)
+        except Exception as error:
+            # Raising here would make Quart run every after_request function
+            # again; answer the client with the failure instead.
+            logger.exception("commit failed; the request's changes were rolled back")
+            return await _error_response(error, response)
         return response
 
     async def _on_exception(self, sender: Quart, exception: BaseException, **extra: Any) -> None:
         # Sent for an unhandled exception, before it propagates (testing, debug);
         # teardown may then never come, if the request context is preserved.
-        unit = _units.pop(request_ctx.request, None)
-        if unit is not None:
-            await unit.rollback()
-            await _close(unit)
+        await self._teardown_request(exception)
 
     async def _teardown_request(self, exc: BaseException | None) -> None:
         # For whatever did not end above: above all a handler cancelled because
         # the client went away, where neither after_request nor the signal run.
         unit = _units.pop(request_ctx.request, None)
         if unit is not None:
-            await _close(unit)
-
-
-async def _close(unit: UnitOfWork) -> None:
-    try:
-        await unit.close()
-    except Exception:
-        # The outcome is decided by then: a failed close must not turn a
-        # committed request into an error. The connection is discarded.
-        logger.exception("closing the request's session failed")
+            await unit.end(commit=False)
 
 
 def _state(app: Quart) -> _AppState:

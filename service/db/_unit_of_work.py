@@ -2,7 +2,7 @@
 
 ``UnitOfWork`` is the primitive every integration drives (the Quart request
 hooks, and ``unit_of_work()`` for everything else): ``begin()``, then
-``commit()`` or ``rollback()``, then always ``close()``.
+``end(commit=...)``, always.
 """
 
 from __future__ import annotations
@@ -51,9 +51,14 @@ async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 class UnitOfWork:
-    """One activation of a unit of work, owned by the task that created it."""
+    """One activation of a unit of work, owned by the task that created it.
 
-    __slots__ = ("_closed", "_finished", "_token", "bind", "readonly", "session", "task")
+    ``begin()`` makes it the task's unit of work; ``end()`` commits or rolls
+    back, then closes. Nothing touches the database before the session is
+    first used, and ``end()`` of a unit that never used it emits no SQL.
+    """
+
+    __slots__ = ("_ended", "_token", "bind", "readonly", "session", "task")
 
     def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
         task = asyncio.current_task()
@@ -65,8 +70,7 @@ class UnitOfWork:
         self.session: AsyncSession | None = None
         """Set when the registry makes this unit's session, on first use."""
         self._token: Token[UnitOfWork | None] | None = None
-        self._finished = False
-        self._closed = False
+        self._ended = False
 
     def begin(self) -> None:
         """Make this the current task's unit of work. No connection is opened yet."""
@@ -77,73 +81,68 @@ class UnitOfWork:
             )
         self._token = _current.set(self)
 
-    async def commit(self) -> None:
-        """Commit what the session did, whatever API did it.
+    async def end(self, *, commit: bool) -> None:
+        """Commit what the session did (whatever API did it), or roll back; then close.
 
-        On failure the session is rolled back and the error re-raised. Does
-        nothing when the unit of work never used the database, or already ended.
+        A failed commit is rolled back and its error re-raised. Whatever happens,
+        the session is closed and removed from the registry, the task leaves the
+        unit of work, and then the callbacks of a successful commit run (so one
+        that needs the database opens a unit of work of its own). Runs once;
+        safe from another task than the owner (Quart may run a preserved request
+        context's teardown later, elsewhere).
         """
-        if self._finished:
+        if self._ended:
             return
-        self._finished = True
-        current = self.session
-        if current is None:
-            return
-        try:
-            # Flush here, in the owning task, where flush listeners may use the
-            # session; then COMMIT where a cancellation cannot cut it in half.
-            await current.flush()
-            await run_to_completion(current.commit())
-        except Exception:
-            await _rollback_quietly(current)
-            raise
-
-    async def rollback(self) -> None:
-        """Roll back; does nothing when the unit of work already ended."""
-        if self._finished:
-            return
-        self._finished = True
-        if self.session is not None:
-            await _rollback_quietly(self.session)
-
-    async def close(self) -> None:
-        """Roll back whatever is left, remove the session, then run committed callbacks.
-
-        Safe to call twice, and from another task than the owner (Quart runs a
-        preserved request context's teardown later). The registry entry is
-        cleared and committed callbacks run even if closing raises; the task
-        leaves the unit of work before any callback runs, so a callback that
-        needs the database opens a unit of work of its own.
-        """
-        if self._closed:
-            return
-        self._closed = self._finished = True
+        self._ended = True
         current, self.session = self.session, None
         try:
             if current is not None:
                 try:
-                    await run_to_completion(current.close())
+                    if commit and (current.new or current.dirty or current.deleted):
+                        # Flush in the owning task, where flush listeners may
+                        # use the session, not in the shielded one below.
+                        await current.flush()
+                except BaseException:
+                    commit = False
+                    raise
                 finally:
-                    if session.registry.registry.get(self.task) is current:
-                        del session.registry.registry[self.task]
+                    await run_to_completion(_settle(current, commit=commit))
         finally:
+            if current is not None and session.registry.registry.get(self.task) is current:
+                del session.registry.registry[self.task]
             if self._token is not None:
                 try:
                     _current.reset(self._token)
                 except ValueError:
-                    pass  # closed from another context; the owner's goes with its task
+                    pass  # ended from another context; the owner's goes with its task
             callbacks = [] if current is None else _callbacks.take_committed(current)
             if callbacks:
                 await run_to_completion(_callbacks.run(callbacks))
 
 
-async def _rollback_quietly(current: AsyncSession) -> None:
-    # The connection may be gone; close() follows and discards it either way,
-    # so an error here must not replace the error (or the status) that led here.
+async def _settle(current: AsyncSession, *, commit: bool) -> None:
+    """COMMIT (or not), then close, which rolls back whatever is left; in one shielded task."""
     try:
-        await run_to_completion(current.rollback())
+        if commit:
+            try:
+                await current.commit()
+            except BaseException:
+                # A COMMIT that failed may leave the transaction open (SQLite does
+                # for a deferred foreign key): roll it back before closing.
+                await _quietly(current.rollback())
+                raise
+    finally:
+        await _quietly(current.close())
+
+
+async def _quietly(cleanup: Coroutine[Any, Any, None]) -> None:
+    # The outcome is decided by now, and a broken connection is discarded by
+    # the pool: an error here must not replace a commit's error, nor fail a
+    # committed unit of work.
+    try:
+        await cleanup
     except Exception:
-        logger.warning("rollback failed; the connection will be discarded", exc_info=True)
+        logger.warning("cleaning up the session failed", exc_info=True)
 
 
 class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, like contextlib's
@@ -198,19 +197,13 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
             return
         assert unit is not None
         if asyncio.current_task() is not unit.task:
-            await unit.close()  # rolls back
+            await unit.end(commit=False)
             raise UnitOfWorkError(
                 "A unit of work was entered in one task and exited in another (as an async "
                 "fixture's setup and teardown are); nothing was committed. Enter and exit it "
                 "in the same task."
             )
-        try:
-            if exc_type is None:
-                await unit.commit()
-            else:
-                await unit.rollback()
-        finally:
-            await unit.close()
+        await unit.end(commit=exc_type is None)
 
 
 def on_commit(callback: _callbacks.Callback) -> None:
