@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
-from quart import Quart, Request, current_app, request
-from quart.globals import request_ctx
+from quart import Quart, current_app, request
 from quart.signals import got_request_exception
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -17,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
 
 from service.db._engine import make_engine
-from service.db._session import session
+from service.db._session import current_unit_of_work, session
 from service.db._unit_of_work import UnitOfWork
 
 __all__ = ["Database"]
@@ -27,9 +25,6 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
 
-# Each request's unit of work, found again by its request: Quart may run a
-# preserved request context's teardown later, in another task.
-_units: WeakKeyDictionary[Request, UnitOfWork] = WeakKeyDictionary()
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +53,18 @@ class Database:
     def init_app(self, app: Quart) -> None:
         if _EXTENSION in app.extensions:
             raise RuntimeError("A Database is already registered on this app; call init_app once.")
-        app.extensions[_EXTENSION] = _AppState(options=dict(self.engine_options))
-        app.before_serving(self._start)
-        app.after_serving(self._stop)
+        state = _AppState(options=dict(self.engine_options))
+        app.extensions[_EXTENSION] = state
+        hooks = _RequestHooks(state)
+        app.before_serving(hooks.start)
+        app.after_serving(hooks.stop)
         # First before_request to run, and - since Quart runs after_request and
         # teardown functions in reverse order - last after_request and teardown:
         # the commit decision sees the status every other hook has settled on.
-        app.before_request_funcs[None].insert(0, self._begin_request)
-        app.after_request_funcs[None].insert(0, self._end_request)
-        app.teardown_request_funcs[None].insert(0, self._teardown_request)
-        got_request_exception.connect(self._on_exception, sender=app, weak=False)
+        app.before_request_funcs[None].insert(0, hooks.begin_request)
+        app.after_request_funcs[None].insert(0, hooks.end_request)
+        app.teardown_request_funcs[None].insert(0, hooks.teardown_request)
+        got_request_exception.connect(hooks.on_exception, sender=app, weak=False)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -80,38 +77,42 @@ class Database:
             )
         return engine
 
-    async def _start(self) -> None:
-        state = _state(current_app)
-        state.engine = make_engine(current_app.config["DATABASE_URL"], **state.options)
+
+class _RequestHooks:
+    """One app's lifecycle hooks, bound to its state (no lookup per request)."""
+
+    def __init__(self, state: _AppState) -> None:
+        self.state = state
+
+    async def start(self) -> None:
+        engine = make_engine(current_app.config["DATABASE_URL"], **self.state.options)
+        self.state.engine = engine
         if session.session_factory.kw.get("bind") is None:
             # The default for units of work outside requests; requests carry their app's.
-            session.session_factory.configure(bind=state.engine)
+            session.session_factory.configure(bind=engine)
 
-    async def _stop(self) -> None:
-        state = _state(current_app)
-        engine = state.engine
+    async def stop(self) -> None:
+        engine = self.state.engine
         if engine is None:
             return
-        state.engine = None
+        self.state.engine = None
         await engine.dispose()
         if session.session_factory.kw.get("bind") is engine:
             session.session_factory.configure(bind=None)
 
-    async def _begin_request(self) -> None:
-        state = _state(current_app)
-        if state.engine is None:
+    async def begin_request(self) -> None:
+        engine = self.state.engine
+        if engine is None:
             raise RuntimeError(
                 "A request arrived before the app started serving, so it has no database engine."
                 " In tests, use `async with app.test_app():` around the test client."
             )
-        unit = UnitOfWork(readonly=request.method in _READ_ONLY_METHODS, bind=state.engine)
-        unit.begin()
-        _units[request_ctx.request] = unit
+        UnitOfWork(readonly=request.method in _READ_ONLY_METHODS, bind=engine).begin()
 
-    async def _end_request(self, response: ResponseTypes) -> ResponseTypes:
+    async def end_request(self, response: ResponseTypes) -> ResponseTypes:
         # Ends the unit here rather than at teardown, which Quart skips for a
         # preserved request context (`async with app.test_client()`).
-        unit = _units.pop(request_ctx.request, None)
+        unit = current_unit_of_work()
         if unit is None:
             return response
         try:
@@ -123,15 +124,15 @@ class Database:
             return await _error_response(error, response)
         return response
 
-    async def _on_exception(self, sender: Quart, exception: BaseException, **extra: Any) -> None:
+    async def on_exception(self, sender: Quart, exception: BaseException, **extra: Any) -> None:
         # Sent for an unhandled exception, before it propagates (testing, debug);
         # teardown may then never come, if the request context is preserved.
-        await self._teardown_request(exception)
+        await self.teardown_request(exception)
 
-    async def _teardown_request(self, exc: BaseException | None) -> None:
+    async def teardown_request(self, exc: BaseException | None) -> None:
         # For whatever did not end above: above all a handler cancelled because
         # the client went away, where neither after_request nor the signal run.
-        unit = _units.pop(request_ctx.request, None)
+        unit = current_unit_of_work()
         if unit is not None:
             await unit.end(commit=False)
 

@@ -74,7 +74,8 @@ class UnitOfWork:
 
     def begin(self) -> None:
         """Make this the current task's unit of work. No connection is opened yet."""
-        if current_unit_of_work() is not None:
+        current = _current.get()
+        if current is not None and current.task is self.task:
             raise UnitOfWorkError(
                 "This task already has a unit of work. Nest with `async with unit_of_work()` "
                 "(a savepoint) instead of beginning a second one."
@@ -87,37 +88,41 @@ class UnitOfWork:
         A failed commit is rolled back and its error re-raised. Whatever happens,
         the session is closed and removed from the registry, the task leaves the
         unit of work, and then the callbacks of a successful commit run (so one
-        that needs the database opens a unit of work of its own). Runs once;
-        safe from another task than the owner (Quart may run a preserved request
-        context's teardown later, elsewhere).
+        that needs the database opens a unit of work of its own). Runs once, and
+        may run in another task than the owner's.
         """
         if self._ended:
             return
         self._ended = True
         current, self.session = self.session, None
+        if current is None:  # the database was never used: nothing to end but the scope
+            self._leave()
+            return
         try:
-            if current is not None:
-                try:
-                    if commit and (current.new or current.dirty or current.deleted):
-                        # Flush in the owning task, where flush listeners may
-                        # use the session, not in the shielded one below.
-                        await current.flush()
-                except BaseException:
-                    commit = False
-                    raise
-                finally:
-                    await run_to_completion(_settle(current, commit=commit))
+            try:
+                if commit and (current.new or current.dirty or current.deleted):
+                    # Flush in the owning task, where flush listeners may use
+                    # the session, not in the shielded one below.
+                    await current.flush()
+            except BaseException:
+                commit = False
+                raise
+            finally:
+                await run_to_completion(_settle(current, commit=commit))
         finally:
-            if current is not None and session.registry.registry.get(self.task) is current:
+            if session.registry.registry.get(self.task) is current:
                 del session.registry.registry[self.task]
-            if self._token is not None:
-                try:
-                    _current.reset(self._token)
-                except ValueError:
-                    pass  # ended from another context; the owner's goes with its task
-            callbacks = [] if current is None else _callbacks.take_committed(current)
+            self._leave()
+            callbacks = _callbacks.take_committed(current)
             if callbacks:
                 await run_to_completion(_callbacks.run(callbacks))
+
+    def _leave(self) -> None:
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:
+                pass  # ended from another context; the owner's goes with its task
 
 
 async def _settle(current: AsyncSession, *, commit: bool) -> None:
