@@ -42,7 +42,9 @@ format: install
 	$(BIN)/ruff format service tests bench alembic
 
 bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/uow.py
+	$(BIN)/python bench/ledger_load.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
