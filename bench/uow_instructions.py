@@ -1,0 +1,176 @@
+"""CPU instructions per request, counted by callgrind: the layer's cost without the noise.
+
+``bench/uow.py`` measures requests/s under Hypercorn, but on this shared
+machine a round's ratio swings by 10-20%, more than the 3% it must resolve.
+Callgrind counts the instructions the server process executes, the same every
+run, whatever else the machine does. Each measurement runs the app in-process
+(the same ``bench.apps`` apps and routes, called through ASGI as Hypercorn
+would), once with a warm-up only and once with ``REQUESTS`` more requests;
+the difference divided by ``REQUESTS`` is the cost of one request. A database
+server's own work (PostgreSQL's) is outside the process and not counted.
+
+Usage: ``python bench/uow_instructions.py [--db sqlite|postgresql|all]`` (needs valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WARMUP = 60
+REQUESTS = 400
+THRESHOLD = 0.97
+POSTGRES_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
+)
+
+# name: (app factory, method, path); "{}" takes a random seeded id.
+ENDPOINTS = {
+    "layer-read": ("layer_app", "GET", "/layer/items/{}"),
+    "hand-read": ("layer_app", "GET", "/hand/items/{}"),
+    "layer-write": ("layer_app", "POST", "/layer/items"),
+    "hand-write": ("layer_app", "POST", "/hand/items"),
+    "layer-nodb": ("layer_app", "GET", "/nodb"),
+    "plain-nodb": ("plain_app", "GET", "/nodb"),
+}
+
+
+async def _call(app: Any, method: str, path: str) -> int:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+        "extensions": {},
+    }
+    delivered = False
+    never = asyncio.Event()
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _child(endpoint: str, measured: int) -> None:
+    from bench import apps
+    from bench.uow import ROWS
+
+    factory, method, path = ENDPOINTS[endpoint]
+    app = getattr(apps, factory)()
+    await app.startup()
+    rng = random.Random(0)
+    try:
+        for count in (WARMUP, measured):
+            for _ in range(count):
+                status = await _call(app, method, path.format(rng.randint(1, ROWS)))
+                assert status < 400, status
+    finally:
+        await app.shutdown()
+
+
+def _instructions(endpoint: str, url: str, measured: int, work: Path) -> int:
+    out = work / f"{endpoint}-{measured}.out"
+    completed = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--child",
+            endpoint,
+            str(measured),
+        ],
+        env={**os.environ, "DATABASE_URL": url, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Collected : (\d+)", completed.stderr)
+    if completed.returncode != 0 or found is None:
+        raise RuntimeError(f"{endpoint}: {completed.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def _per_request(endpoint: str, url: str, work: Path) -> float:
+    with ThreadPoolExecutor(2) as pool:  # two cores: both runs at once
+        base, more = pool.map(lambda n: _instructions(endpoint, url, n, work), (0, REQUESTS))
+    return (more - base) / REQUESTS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "all"], default="all")
+    parser.add_argument(
+        "--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(_child(args.child[0], int(args.child[1])))
+        return
+
+    from bench.uow import _drop, _prepare
+
+    work = Path(tempfile.mkdtemp(prefix="uow-instructions-"))
+    urls = {"sqlite": f"sqlite+aiosqlite:///{work}/bench.db", "postgresql": POSTGRES_URL}
+    databases = list(urls) if args.db == "all" else [args.db]
+    comparisons: list[tuple[str, str, str, str]] = []
+    for database in databases:
+        comparisons += [
+            (database, "GET /items/<id>", "layer-read", "hand-read"),
+            (database, "POST /items", "layer-write", "hand-write"),
+        ]
+    comparisons.append((databases[0], "GET /nodb", "layer-nodb", "plain-nodb"))
+
+    print(f"callgrind; {REQUESTS} requests after a warm-up of {WARMUP}; instructions per request")
+    print(f"{'database':10} {'endpoint':16} {'layer':>12} {'baseline':>12} {'ratio':>7}  verdict")
+    for database, label, layer, baseline in comparisons:
+        url = urls[database]
+        asyncio.run(_prepare(url))
+        try:
+            ours, theirs = _per_request(layer, url, work), _per_request(baseline, url, work)
+        finally:
+            asyncio.run(_drop(url))
+        # Throughput is inversely proportional to the CPU cost of a request.
+        ratio = theirs / ours
+        verdict = "PASS" if ratio >= THRESHOLD else "FAIL"
+        where = database if label != "GET /nodb" else "none"
+        print(f"{where:10} {label:16} {ours:12,.0f} {theirs:12,.0f} {ratio:7.3f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
