@@ -9,6 +9,11 @@ would), once with a warm-up only and once with ``REQUESTS`` more requests;
 the difference divided by ``REQUESTS`` is the cost of one request. A database
 server's own work (PostgreSQL's) is outside the process and not counted.
 
+For the route that uses no database, whose cost is a few hooks against the
+whole request, it also serves each app with Hypercorn in the counted process
+(``hypercorn.asyncio.serve``) and drives it over HTTP from outside, so that the
+figure includes the server's own work on each request, as ``bench/uow.py`` does.
+
 Usage: ``python bench/uow_instructions.py [--db sqlite|postgresql|all]`` (needs valgrind).
 """
 
@@ -102,6 +107,82 @@ async def _child(endpoint: str, measured: int) -> None:
         await app.shutdown()
 
 
+async def _serve(factory: str, port: int) -> None:
+    """Serve ``factory()`` with Hypercorn in this process until SIGTERM."""
+    import signal
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from bench import apps
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await serve(getattr(apps, factory)(), config, shutdown_trigger=stop.wait)
+
+
+def _served_instructions(factory: str, path: str, measured: int, work: Path) -> int:
+    """Instructions of a Hypercorn process serving WARMUP + ``measured`` requests."""
+    import http.client
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = work / f"served-{factory}-{measured}.out"
+    server = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--serve",
+            factory,
+            str(port),
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                connection.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server under valgrind did not start") from None
+                time.sleep(0.5)
+        for _ in range(WARMUP + measured):  # one keep-alive connection, one request at a time
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+        connection.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, errors = server.communicate(timeout=300)
+    found = re.search(r"Collected : (\d+)", errors)
+    if found is None:
+        raise RuntimeError(f"{factory}: {errors[-2000:]}")
+    return int(found.group(1))
+
+
+def _served_per_request(factory: str, path: str, work: Path) -> float:
+    with ThreadPoolExecutor(2) as pool:
+        base, more = pool.map(lambda n: _served_instructions(factory, path, n, work), (0, REQUESTS))
+    return (more - base) / REQUESTS
+
+
 def _instructions(endpoint: str, url: str, measured: int, work: Path) -> int:
     out = work / f"{endpoint}-{measured}.out"
     completed = subprocess.run(
@@ -136,11 +217,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql", "all"], default="all")
     parser.add_argument(
+        "--served-only", action="store_true", help="only the no-database route, served"
+    )
+    parser.add_argument(
         "--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--serve", nargs=2, metavar=("FACTORY", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         asyncio.run(_child(args.child[0], int(args.child[1])))
+        return
+    if args.serve:
+        asyncio.run(_serve(args.serve[0], int(args.serve[1])))
         return
 
     from bench.uow import _drop, _prepare
@@ -155,6 +243,8 @@ def main() -> None:
             (database, "POST /items", "layer-write", "hand-write"),
         ]
     comparisons.append((databases[0], "GET /nodb", "layer-nodb", "plain-nodb"))
+    if args.served_only:
+        comparisons = []
 
     print(f"callgrind; {REQUESTS} requests after a warm-up of {WARMUP}; instructions per request")
     print(f"{'database':10} {'endpoint':16} {'layer':>12} {'baseline':>12} {'ratio':>7}  verdict")
@@ -170,6 +260,13 @@ def main() -> None:
         verdict = "PASS" if ratio >= THRESHOLD else "FAIL"
         where = database if label != "GET /nodb" else "none"
         print(f"{where:10} {label:16} {ours:12,.0f} {theirs:12,.0f} {ratio:7.3f}  {verdict}")
+    # The same route, with the work Hypercorn does for each request counted too.
+    ours = _served_per_request("layer_app", "/nodb", work)
+    theirs = _served_per_request("plain_app", "/nodb", work)
+    ratio = theirs / ours
+    verdict = "PASS" if ratio >= THRESHOLD else "FAIL"
+    label = "GET /nodb, served"
+    print(f"{'none':10} {label:16} {ours:12,.0f} {theirs:12,.0f} {ratio:7.3f}  {verdict}")
 
 
 if __name__ == "__main__":
