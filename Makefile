@@ -44,6 +44,8 @@ format: install
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/uow.py
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(BIN)/python bench/uow_instructions.py
 	$(BIN)/python bench/ledger_load.py
 
 clean:
