@@ -13,7 +13,7 @@ from service.ledger import money
 from service.ledger.auth import authenticate, current_user, new_token
 from service.ledger.idempotency import idempotent
 from service.ledger.models import Account, Entry, User
-from service.ledger.pagination import decode_cursor, encode_cursor
+from service.ledger.pagination import decode_cursor, keyset_page
 from service.ledger.schemas import (
     AccountOut,
     AccountPage,
@@ -87,12 +87,10 @@ async def list_accounts(query_args: PageQuery) -> AccountPage:
     query = Account.query.filter_by(user_id=current_user().id).order_by(Account.id)
     if query_args.cursor is not None:
         query = query.where(Account.id > decode_cursor(query_args.cursor))
-    rows = await query.limit(query_args.limit + 1).all()
-    page = rows[: query_args.limit]
-    more = len(rows) > query_args.limit
+    page, next_cursor = await keyset_page(query, query_args.limit)
     return AccountPage(
         items=[AccountOut.model_validate(row, from_attributes=True) for row in page],
-        next_cursor=encode_cursor(page[-1].id) if more else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -107,24 +105,25 @@ async def get_account(account_id: int) -> AccountOut:
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
 async def create_deposit(account_id: int, data: Movement) -> Reply:
-    async def work() -> tuple[dict[str, Any], int]:
-        account = await money.owned_account(current_user().id, account_id, lock=True)
-        entry = await money.deposit(account, data.amount, data.description)
-        return _entry(entry), 201
-
-    return await idempotent(current_user().id, work)
+    return await _move(money.deposit, account_id, data)
 
 
 @api.post("/accounts/<int:account_id>/withdrawals")
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
 async def create_withdrawal(account_id: int, data: Movement) -> Reply:
-    async def work() -> tuple[dict[str, Any], int]:
-        account = await money.owned_account(current_user().id, account_id, lock=True)
-        entry = await money.withdraw(account, data.amount, data.description)
-        return _entry(entry), 201
+    return await _move(money.withdraw, account_id, data)
 
-    return await idempotent(current_user().id, work)
+
+async def _move(operation: money.Operation, account_id: int, data: Movement) -> Reply:
+    user_id = current_user().id
+
+    async def work() -> tuple[dict[str, Any], int]:
+        account = await money.owned_account(user_id, account_id, lock=True)
+        entry = await operation(account, data.amount, data.description)
+        return EntryOut.model_validate(entry, from_attributes=True).model_dump(mode="json"), 201
+
+    return await idempotent(user_id, work)
 
 
 @api.get("/accounts/<int:account_id>/entries")
@@ -136,12 +135,10 @@ async def list_entries(account_id: int, query_args: PageQuery) -> EntryPage:
     query = Entry.query.filter_by(account_id=account_id).order_by(Entry.id.desc())
     if query_args.cursor is not None:
         query = query.where(Entry.id < decode_cursor(query_args.cursor))
-    rows = await query.limit(query_args.limit + 1).all()
-    page = rows[: query_args.limit]
-    more = len(rows) > query_args.limit
+    page, next_cursor = await keyset_page(query, query_args.limit)
     return EntryPage(
         items=[EntryOut.model_validate(row, from_attributes=True) for row in page],
-        next_cursor=encode_cursor(page[-1].id) if more else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -158,7 +155,3 @@ async def create_transfer(data: NewTransfer) -> Reply:
         return TransferOut.model_validate(record, from_attributes=True).model_dump(mode="json"), 201
 
     return await idempotent(user_id, work)
-
-
-def _entry(entry: Entry) -> dict[str, Any]:
-    return EntryOut.model_validate(entry, from_attributes=True).model_dump(mode="json")

@@ -5,8 +5,13 @@ transfers cannot deadlock), on SQLite by the write lock taken at BEGIN.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from service.errors import ApiError
 from service.ledger.models import Account, Entry, Transfer
+
+Operation = Callable[[Account, int, "str | None"], Awaitable[Entry]]
+"""A movement of money in or out of one account: ``deposit`` or ``withdraw``."""
 
 
 def _not_found() -> ApiError:

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any, TypeVar
 
+from service.db import Model, Query
 from service.errors import ApiError
+
+_Row = TypeVar("_Row", bound=Model)
+
+
+async def keyset_page(query: Query[_Row], limit: int) -> tuple[list[_Row], str | None]:
+    """Up to ``limit`` rows of ``query`` (ordered by ``id``), and the next page's cursor if any."""
+    rows = await query.limit(limit + 1).all()
+    page = rows[:limit]
+    last: Any = page[-1] if page else None
+    return page, encode_cursor(last.id) if len(rows) > limit else None
 
 
 def encode_cursor(last_id: int) -> str:
