@@ -7,16 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from quart import Blueprint, Quart, after_this_request
+from quart import Quart
 from quart.typing import ResponseTypes
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import db
-from service.db import Database, UnitOfWorkError, session
-from service.errors import register_error_handlers
-from tests.db.app import Probe, make_test_app, routes
+from service.db import UnitOfWorkError, session
+from tests.db.app import Probe, make_test_app
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
@@ -84,115 +83,6 @@ async def test_a_propagated_exception_rolls_back_in_teardown(
     with pytest.raises(RuntimeError, match="after writing"):
         await client.post("/widgets/raise", json={"name": "dropped"})
 
-    assert await stored_names() == []
-    assert session.registry.registry == {}
-
-
-# The final status is the one the client sees -----------------------------------------------------
-
-
-def _downgrade(response: ResponseTypes) -> ResponseTypes:
-    response.status_code = 400
-    return response
-
-
-@pytest.mark.committing
-async def test_an_after_request_hook_registered_later_sees_its_status_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
-) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
-    app.after_request(_downgrade)
-    client = await serve(app)
-
-    response = await client.post("/widgets", json={"name": "dropped"})
-
-    assert response.status_code == 400
-    assert await stored_names() == []
-
-
-@pytest.mark.committing
-async def test_an_after_request_hook_registered_before_the_extension_is_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
-) -> None:
-    app = Quart(__name__)
-    app.config["DATABASE_URL"] = database_url
-    app.after_request(_downgrade)
-    Database(app)
-    register_error_handlers(app)
-    app.register_blueprint(routes)
-    client = await serve(app)
-
-    response = await client.post("/widgets", json={"name": "dropped"})
-
-    assert response.status_code == 400
-    assert await stored_names() == []
-
-
-@pytest.mark.committing
-async def test_blueprint_and_per_request_hooks_are_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
-) -> None:
-    blueprint = Blueprint("downgrading", __name__)
-    blueprint.after_request(_downgrade)
-
-    @blueprint.post("/bp/widgets")
-    async def create() -> tuple[dict[str, bool], int]:
-        from tests.db.models import Widget
-
-        await Widget.create(name="from-blueprint")
-        return {"ok": True}, 201
-
-    @blueprint.post("/bp/this-request")
-    async def create_with_after_this_request() -> tuple[dict[str, bool], int]:
-        from tests.db.models import Widget
-
-        after_this_request(_downgrade)
-        await Widget.create(name="after-this-request")
-        return {"ok": True}, 201
-
-    app = make_test_app({"DATABASE_URL": database_url})
-    app.register_blueprint(blueprint)
-    client = await serve(app)
-
-    assert (await client.post("/bp/widgets")).status_code == 400
-    assert (await client.post("/bp/this-request")).status_code == 400
-    assert await stored_names() == []
-
-
-@pytest.mark.committing
-async def test_a_hook_that_turns_an_error_into_success_commits(
-    database_url: str, serve: Serve, stored_names: ReadNames
-) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
-
-    @app.after_request
-    def upgrade(response: ResponseTypes) -> ResponseTypes:
-        response.status_code = 200
-        return response
-
-    client = await serve(app)
-
-    response = await client.post("/widgets?status=418", json={"name": "kept"})
-
-    assert response.status_code == 200
-    assert await stored_names() == ["kept"]
-
-
-@pytest.mark.committing
-async def test_an_after_request_hook_that_raises_rolls_back(
-    database_url: str, serve: Serve, stored_names: ReadNames
-) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
-
-    @app.after_request
-    def explode(response: ResponseTypes) -> ResponseTypes:
-        raise RuntimeError("after_request failed")
-
-    client = await serve(app)
-
-    response = await client.post("/widgets", json={"name": "dropped"})
-
-    assert response.status_code == 500
     assert await stored_names() == []
     assert session.registry.registry == {}
 
