@@ -90,6 +90,14 @@ async def create_then_lose_connection() -> ResponseReturnValue:
     return {"ok": True}, request.args.get("status", 201, type=int)
 
 
+@routes.post("/commit-guard")
+async def write_what_a_commit_trigger_refuses() -> ResponseReturnValue:
+    """PostgreSQL only: a deferred trigger on test_commit_guard raises at COMMIT."""
+    await session.execute(text("INSERT INTO test_commit_guard (id) VALUES (1)"))
+    await Widget.create(name=await _name())
+    return {"ok": True}, 201
+
+
 @routes.post("/widgets/read-then-write")
 async def read_then_write() -> ResponseReturnValue:
     """Reads, holds the transaction open until the test lets it go, then writes."""

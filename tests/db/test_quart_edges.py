@@ -9,7 +9,8 @@ import pytest
 from quart import Quart, g
 from quart.typing import ResponseTypes
 from quart.typing import TestClientProtocol as Client
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import db
 from service.db import Database, Model, make_engine, session
@@ -144,3 +145,38 @@ async def test_two_apps_in_one_process_write_to_their_own_databases(
 
     assert sorted(await _names(first_url)) == ["a", "a2"]
     assert await _names(second_url) == ["b"]
+
+
+@pytest.fixture
+async def commit_guard(database_url: str, reader: AsyncEngine) -> AsyncIterator[None]:
+    """A table whose deferred trigger fails every COMMIT that inserted into it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs a deferred trigger that raises at COMMIT (PostgreSQL)")
+    async with reader.begin() as connection:
+        for statement in (
+            "CREATE TABLE test_commit_guard (id integer)",
+            "CREATE FUNCTION test_fail_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$",
+            "CREATE CONSTRAINT TRIGGER test_commit_guard_trigger AFTER INSERT ON test_commit_guard"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_at_commit()",
+        ):
+            await connection.execute(text(statement))
+    try:
+        yield
+    finally:
+        async with reader.begin() as connection:
+            await connection.execute(text("DROP TABLE test_commit_guard"))
+            await connection.execute(text("DROP FUNCTION test_fail_at_commit()"))
+
+
+@pytest.mark.committing
+@pytest.mark.usefixtures("commit_guard")
+async def test_a_commit_that_fails_otherwise_answers_a_json_500(
+    client: Client, stored_names: ReadNames
+) -> None:
+    response = await client.post("/commit-guard", json={"name": "refused"})
+
+    assert response.status_code == 500
+    assert (await response.get_json())["error"]["code"] == "internal_server_error"
+    assert await stored_names() == []
+    assert (await client.post("/widgets", json={"name": "next"})).status_code == 201
