@@ -30,24 +30,20 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `service` importable
     sys.path.insert(0, str(ROOT))
+
+from bench.servers import Server, serving  # noqa: E402 - importable once the path is set
 
 THRESHOLD = 0.97
 ROWS = 1000
@@ -56,7 +52,6 @@ ROWS = 1000
 # connection churn (a PostgreSQL backend forked per request). One Hypercorn
 # worker is CPU-bound from two or three connections on already.
 CONNECTIONS = 4
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
 
 GET_LUA = """\
@@ -212,117 +207,6 @@ async def _drop(url: str) -> None:
             await connection.run_sync(lambda sync: table.drop(sync, checkfirst=True))
     finally:
         await engine.dispose()
-
-
-# --- servers --------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _hypercorn() -> str:
-    beside = Path(sys.executable).parent / "hypercorn"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("hypercorn")
-    if found is None:
-        raise SystemExit("hypercorn not found; run `make install` first")
-    return found
-
-
-class Server:
-    """One Hypercorn process with one worker, serving ``target`` on a free port.
-
-    Hypercorn runs its worker in a child process; both are in a session (and a
-    process group) of their own, so they are stopped, and their CPU time read,
-    together.
-    """
-
-    def __init__(self, name: str, target: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        command = [_hypercorn(), "--workers", "1", "--bind", f"127.0.0.1:{self.port}", target]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base + path, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not answer {path}:\n{self.log_tail()}")
-            time.sleep(0.2)
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server's processes so far (Linux ``/proc``)."""
-        group = self.process.pid  # start_new_session: the group id is the leader's pid
-        total = 0
-        try:
-            stats = list(Path("/proc").glob("[0-9]*/stat"))
-        except OSError:
-            return None
-        for stat in stats:
-            try:
-                fields = stat.read_text().rpartition(")")[2].split()
-            except OSError:
-                continue  # the process went away
-            if int(fields[2]) == group:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS if total else None
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL to what is left after 10 s."""
-        group = self.process.pid
-        try:
-            if self.process.poll() is None:
-                os.killpg(group, signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-            os.killpg(group, signal.SIGKILL)  # the worker, should it outlive the parent
-        except ProcessLookupError:
-            pass  # the whole group is gone already
-        self.process.wait()
-        self._log.close()
-
-
-@contextmanager
-def serving(
-    name: str, target: str, env: dict[str, str], log_dir: Path, ready_path: str
-) -> Iterator[Server]:
-    server = Server(name, target, env, log_dir)
-    try:
-        server.wait_ready(ready_path)
-        yield server
-    finally:
-        server.stop()
 
 
 # --- load -----------------------------------------------------------------------------------
