@@ -20,14 +20,14 @@ def _error(body: Any) -> dict[str, str]:
     return error
 
 
-async def test_healthz_answers_while_the_process_is_up(client: Client) -> None:
-    response = await client.get("/healthz")
+async def test_healthz_answers_while_the_process_is_up(service_client: Client) -> None:
+    response = await service_client.get("/healthz")
     assert response.status_code == 200
     assert await response.get_json() == {"status": "ok"}
 
 
-async def test_readyz_answers_200_when_the_database_answers(client: Client) -> None:
-    response = await client.get("/readyz")
+async def test_readyz_answers_200_when_the_database_answers(service_client: Client) -> None:
+    response = await service_client.get("/readyz")
     assert response.status_code == 200
     assert await response.get_json() == {"status": "ready"}
 
@@ -40,6 +40,7 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     assert _error(await response.get_json())["code"] == "database_unavailable"
 
 
+@pytest.mark.usefixtures("errors_as_responses")
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
@@ -49,9 +50,9 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     ],
 )
 async def test_every_error_response_is_json(
-    client: Client, method: str, path: str, status: int, code: str
+    service_client: Client, method: str, path: str, status: int, code: str
 ) -> None:
-    response = await client.open(path, method=method, json={"name": "x"})
+    response = await service_client.open(path, method=method, json={"name": "x"})
 
     assert response.status_code == status
     assert response.content_type == "application/json"
@@ -94,8 +95,8 @@ async def test_the_engine_exists_only_while_serving() -> None:
             _ = db.engine
 
 
-async def test_the_engine_is_disposed_when_serving_stops(database_url: str) -> None:
-    app = create_app({"DATABASE_URL": database_url})
+async def test_the_engine_is_disposed_when_serving_stops(service_database_url: str) -> None:
+    app = create_app({"DATABASE_URL": service_database_url})
     async with app.test_app():
         async with app.app_context():
             engine = db.engine

@@ -42,12 +42,12 @@ async def _tables(url: str) -> set[str]:
 
 
 @pytest.fixture
-async def empty_database(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+async def empty_database(service_database_url: str, tmp_path: Path) -> AsyncIterator[str]:
     """A database with nothing in it, of the kind the suite runs on."""
-    if database_url.startswith("sqlite"):
+    if service_database_url.startswith("sqlite"):
         yield f"sqlite+aiosqlite:///{tmp_path}/var/migrated.db"  # created by the upgrade
         return
-    url = make_url(database_url)
+    url = make_url(service_database_url)
     name = f"{url.database}_migrations"
     admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     async with admin.connect() as connection:

@@ -31,7 +31,7 @@ async def _pytest(ci: str) -> tuple[int, str]:
     return process.returncode, output.decode()
 
 
-@pytest.mark.committing  # touches no database of its own; no outer transaction needed
+@pytest.mark.service_committing  # touches no database of its own; no outer transaction needed
 async def test_an_unreachable_database_fails_the_run_under_ci() -> None:
     code, output = await _pytest(ci="true")
     assert code == 1, output

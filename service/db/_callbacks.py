@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeAlias
 
 from sqlalchemy import event
@@ -40,12 +41,50 @@ def take_committed(session: AsyncSession) -> list[Callback]:
     return callbacks
 
 
+class CapturedCallbacks(list[Callback]):
+    """Committed callbacks captured by a test instead of, or as well as, being run."""
+
+    def __init__(self, *, execute: bool) -> None:
+        super().__init__()
+        self.execute = execute
+
+    async def run(self) -> None:
+        """Run the held callbacks as a commit would have, and forget them."""
+        callbacks, self[:] = list(self), []
+        await _run(callbacks)
+
+
+# The test's capture, if any: committed callbacks are handed to it.
+_capture: CapturedCallbacks | None = None
+
+
+@contextmanager
+def capturing(captured: CapturedCallbacks) -> Iterator[None]:
+    global _capture
+    if _capture is not None:
+        raise RuntimeError("on-commit callbacks are already being captured")
+    _capture = captured
+    try:
+        yield
+    finally:
+        _capture = None
+
+
 async def run(callbacks: list[Callback]) -> None:
     """Run committed callbacks in order; a failure is logged and does not stop the rest.
 
     The data they depend on is already committed: a failing callback must not
     turn a successful unit of work into an error that claims nothing was written.
+    A test capturing callbacks gets them instead, or as well.
     """
+    if _capture is not None:
+        _capture.extend(callbacks)
+        if not _capture.execute:
+            return
+    await _run(callbacks)
+
+
+async def _run(callbacks: list[Callback]) -> None:
     for callback in callbacks:
         try:
             result = callback()

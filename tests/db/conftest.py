@@ -17,15 +17,17 @@ Serve = Callable[[Quart], Awaitable[Client]]
 
 
 @pytest.fixture(scope="session")
-async def reader(database_url: str, engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+async def reader(
+    service_database_url: str, service_engine: AsyncEngine
+) -> AsyncIterator[AsyncEngine]:
     """A plain engine, none of the layer's doing, to read what was really committed."""
-    reader = create_async_engine(database_url)
+    reader = create_async_engine(service_database_url)
     yield reader
     await reader.dispose()
 
 
 @pytest.fixture
-def stored_names(connection: AsyncConnection | None, reader: AsyncEngine) -> ReadNames:
+def stored_names(service_connection: AsyncConnection | None, reader: AsyncEngine) -> ReadNames:
     """The widget names in the database, as a connection other than the session sees them.
 
     In a rolled-back test that is the test's outer connection (the requests'
@@ -35,8 +37,8 @@ def stored_names(connection: AsyncConnection | None, reader: AsyncEngine) -> Rea
 
     async def read() -> list[str]:
         query = select(Widget.name).order_by(Widget.name)
-        if connection is not None:
-            return list((await connection.scalars(query)).all())
+        if service_connection is not None:
+            return list((await service_connection.scalars(query)).all())
         async with reader.connect() as fresh:
             return list((await fresh.scalars(query)).all())
 

@@ -35,7 +35,7 @@ async def test_a_sqlite_file_gets_its_directory_and_pragmas(tmp_path: Path) -> N
     assert pragmas == {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 30_000}
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_concurrent_read_then_write_units_of_work_never_fail_with_locked(
     stored_names: ReadNames,
 ) -> None:
@@ -52,7 +52,7 @@ async def test_concurrent_read_then_write_units_of_work_never_fail_with_locked(
     assert await stored_names() == [f"w{number:02}" for number in range(12)]
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_readers_are_not_blocked_by_an_open_write_transaction() -> None:
     writing = asyncio.Event()
     release = asyncio.Event()
@@ -77,8 +77,8 @@ async def test_readers_are_not_blocked_by_an_open_write_transaction() -> None:
     assert seen == 0
 
 
-@pytest.mark.committing
-async def test_a_foreign_key_is_enforced(database_url: str) -> None:
+@pytest.mark.service_committing
+async def test_a_foreign_key_is_enforced(service_database_url: str) -> None:
     from sqlalchemy.exc import IntegrityError
 
     from tests.db.models import Part

@@ -14,7 +14,7 @@ from tests.db.models import Widget
 
 
 async def test_save_flushes_at_once_and_returns_the_instance(
-    connection: AsyncConnection, stored_names: ReadNames
+    service_connection: AsyncConnection, stored_names: ReadNames
 ) -> None:
     async with unit_of_work():
         widget = Widget(name="saved")
@@ -83,7 +83,7 @@ async def test_get_returns_the_instance_or_none() -> None:
         assert await Widget.query.get(found_id) is found
 
 
-async def test_query_chains_like_select(connection: AsyncConnection) -> None:
+async def test_query_chains_like_select(service_connection: AsyncConnection) -> None:
     async with unit_of_work():
         for size, name in enumerate(["d", "b", "a", "c", "e"]):
             await Widget.create(name=name, size=size)

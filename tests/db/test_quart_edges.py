@@ -20,34 +20,35 @@ from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_a_preserved_request_context_still_commits_and_removes_its_session(
-    app: Quart, stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
+    service_app: Quart, stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `async with app.test_client()` keeps each request's context until the
+    # `async with service_app.test_client()` keeps each request's context until the
     # next request or the block's end: teardown then runs in another task.
-    async with app.test_client() as client:
+    async with service_app.test_client() as client:
         assert (await client.post("/widgets", json={"name": "kept"})).status_code == 201
         assert (await client.post("/widgets?status=400", json={"name": "no"})).status_code == 400
-    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", True)
-    async with app.test_client() as client:
+    monkeypatch.setitem(service_app.config, "PROPAGATE_EXCEPTIONS", True)
+    monkeypatch.setitem(service_app.config, "TESTING", False)  # else a traceback page answers
+    async with service_app.test_client() as client:
         with pytest.raises(RuntimeError):
             await client.post("/widgets/raise", json={"name": "raised"})
 
     assert session.registry.registry == {}
-    async with app.app_context():
+    async with service_app.app_context():
         assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await stored_names() == ["kept"]
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_another_hook_may_use_the_database_before_the_view(
-    database_url: str,
+    service_database_url: str,
     serve: Serve,
     stored_names: ReadNames,  # noqa: F811
 ) -> None:
     app = Quart(__name__)
-    app.config["DATABASE_URL"] = database_url
+    app.config["DATABASE_URL"] = service_database_url
 
     @app.before_request
     async def remember_count() -> None:  # registered before the extension
@@ -70,12 +71,12 @@ async def test_another_hook_may_use_the_database_before_the_view(
     assert await stored_names() == ["counted"]
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_a_failed_commit_keeps_the_headers_other_hooks_set(
-    database_url: str,
+    service_database_url: str,
     serve: Serve,  # noqa: F811
 ) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
+    app = make_test_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def cors(response: ResponseTypes) -> ResponseTypes:
@@ -91,15 +92,15 @@ async def test_a_failed_commit_keeps_the_headers_other_hooks_set(
     assert response.content_type == "application/json"
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_a_lost_connection_on_an_error_status_stays_that_status(
-    database_url: str, client: Client, stored_names: ReadNames
+    service_database_url: str, service_client: Client, stored_names: ReadNames
 ) -> None:
-    if not database_url.startswith("postgresql"):
+    if not service_database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server that could drop the connection")
 
     # The rollback fails as well: that must not turn the 422 into a 500.
-    response = await client.post("/widgets/cut?status=422", json={"name": "lost"})
+    response = await service_client.post("/widgets/cut?status=422", json={"name": "lost"})
 
     assert response.status_code == 422
     assert await stored_names() == []
@@ -127,7 +128,7 @@ async def _names(url: str) -> list[str]:
     return names
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_two_apps_in_one_process_write_to_their_own_databases(
     two_apps: tuple[Quart, Quart, str, str],
 ) -> None:
@@ -148,9 +149,9 @@ async def test_two_apps_in_one_process_write_to_their_own_databases(
 
 
 @pytest.fixture
-async def commit_guard(database_url: str, reader: AsyncEngine) -> AsyncIterator[None]:
+async def commit_guard(service_database_url: str, reader: AsyncEngine) -> AsyncIterator[None]:
     """A table whose deferred trigger fails every COMMIT that inserted into it."""
-    if not database_url.startswith("postgresql"):
+    if not service_database_url.startswith("postgresql"):
         pytest.skip("needs a deferred trigger that raises at COMMIT (PostgreSQL)")
     async with reader.begin() as connection:
         for statement in (
@@ -169,14 +170,14 @@ async def commit_guard(database_url: str, reader: AsyncEngine) -> AsyncIterator[
             await connection.execute(text("DROP FUNCTION test_fail_at_commit()"))
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 @pytest.mark.usefixtures("commit_guard")
 async def test_a_commit_that_fails_otherwise_answers_a_json_500(
-    client: Client, stored_names: ReadNames
+    service_client: Client, stored_names: ReadNames
 ) -> None:
-    response = await client.post("/commit-guard", json={"name": "refused"})
+    response = await service_client.post("/commit-guard", json={"name": "refused"})
 
     assert response.status_code == 500
     assert (await response.get_json())["error"]["code"] == "internal_server_error"
     assert await stored_names() == []
-    assert (await client.post("/widgets", json={"name": "next"})).status_code == 201
+    assert (await service_client.post("/widgets", json={"name": "next"})).status_code == 201

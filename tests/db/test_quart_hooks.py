@@ -20,11 +20,11 @@ def _downgrade(response: ResponseTypes) -> ResponseTypes:
     return response
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_an_after_request_hook_registered_later_sees_its_status_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
+    service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
+    app = make_test_app({"DATABASE_URL": service_database_url})
     app.after_request(_downgrade)
     client = await serve(app)
 
@@ -34,12 +34,12 @@ async def test_an_after_request_hook_registered_later_sees_its_status_respected(
     assert await stored_names() == []
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_an_after_request_hook_registered_before_the_extension_is_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
+    service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
     app = Quart(__name__)
-    app.config["DATABASE_URL"] = database_url
+    app.config["DATABASE_URL"] = service_database_url
     app.after_request(_downgrade)
     Database(app)
     register_error_handlers(app)
@@ -52,9 +52,9 @@ async def test_an_after_request_hook_registered_before_the_extension_is_respecte
     assert await stored_names() == []
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_blueprint_and_per_request_hooks_are_respected(
-    database_url: str, serve: Serve, stored_names: ReadNames
+    service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
     blueprint = Blueprint("downgrading", __name__)
     blueprint.after_request(_downgrade)
@@ -72,7 +72,7 @@ async def test_blueprint_and_per_request_hooks_are_respected(
         await Widget.create(name="after-this-request")
         return {"ok": True}, 201
 
-    app = make_test_app({"DATABASE_URL": database_url})
+    app = make_test_app({"DATABASE_URL": service_database_url})
     app.register_blueprint(blueprint)
     client = await serve(app)
 
@@ -81,11 +81,11 @@ async def test_blueprint_and_per_request_hooks_are_respected(
     assert await stored_names() == []
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_a_hook_that_turns_an_error_into_success_commits(
-    database_url: str, serve: Serve, stored_names: ReadNames
+    service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
+    app = make_test_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def upgrade(response: ResponseTypes) -> ResponseTypes:
@@ -100,11 +100,11 @@ async def test_a_hook_that_turns_an_error_into_success_commits(
     assert await stored_names() == ["kept"]
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_an_after_request_hook_that_raises_rolls_back(
-    database_url: str, serve: Serve, stored_names: ReadNames
+    service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": database_url})
+    app = make_test_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def explode(response: ResponseTypes) -> ResponseTypes:

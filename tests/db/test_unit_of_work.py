@@ -35,7 +35,7 @@ async def test_a_child_task_of_a_unit_of_work_is_refused(stored_names: ReadNames
     assert session.registry.registry == {}
 
 
-@pytest.mark.committing  # concurrent units of work need connections of their own
+@pytest.mark.service_committing  # concurrent units of work need connections of their own
 async def test_a_decorated_coroutine_is_a_unit_of_work_in_any_task(
     stored_names: ReadNames,
 ) -> None:
@@ -53,7 +53,7 @@ async def test_a_decorated_coroutine_is_a_unit_of_work_in_any_task(
 # Commit and rollback ----------------------------------------------------------------------------
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_success_commits(stored_names: ReadNames) -> None:
     async with unit_of_work():
         await Widget.create(name="kept")
@@ -61,7 +61,7 @@ async def test_success_commits(stored_names: ReadNames) -> None:
     assert session.registry.registry == {}
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_an_exception_rolls_back_and_propagates(stored_names: ReadNames) -> None:
     with pytest.raises(LookupError):
         async with unit_of_work():
@@ -71,7 +71,7 @@ async def test_an_exception_rolls_back_and_propagates(stored_names: ReadNames) -
     assert session.registry.registry == {}
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_core_writes_are_committed_too(stored_names: ReadNames) -> None:
     # Not only the ORM's dirty objects: whatever the session executed.
     async with unit_of_work():
@@ -117,7 +117,7 @@ async def test_a_unit_of_work_object_is_not_reentrant() -> None:
 # Removal and cancellation -----------------------------------------------------------------------
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_a_session_that_fails_to_close_is_still_removed_and_the_commit_stands(
     monkeypatch: pytest.MonkeyPatch, stored_names: ReadNames, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,7 +136,7 @@ async def test_a_session_that_fails_to_close_is_still_removed_and_the_commit_sta
     assert "cleaning up the session failed" in caplog.text
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_cancellation_during_commit_lets_the_commit_finish(
     stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,7 +166,7 @@ async def test_cancellation_during_commit_lets_the_commit_finish(
     assert session.registry.registry == {}
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_cancellation_before_commit_rolls_back(stored_names: ReadNames) -> None:
     started = asyncio.Event()
 
@@ -198,7 +198,7 @@ def _recorder() -> tuple[list[str], Callable[[str], Callable[[], None]]]:
     return calls, record
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_on_commit_runs_once_after_the_commit_and_outside_the_unit_of_work(
     stored_names: ReadNames,
 ) -> None:

@@ -53,8 +53,8 @@ class Api:
 
 
 @pytest.fixture
-def api(client: Client) -> Api:
-    return Api(client)
+def api(service_client: Client) -> Api:
+    return Api(service_client)
 
 
 @dataclass
@@ -86,17 +86,17 @@ class Ledger:
 
 
 @pytest.fixture(scope="session")
-async def ledger_reader(database_url: str, engine: AsyncEngine) -> Any:
-    reader = create_async_engine(database_url)
+async def ledger_reader(service_database_url: str, service_engine: AsyncEngine) -> Any:
+    reader = create_async_engine(service_database_url)
     yield reader
     await reader.dispose()
 
 
 @pytest.fixture
-def ledger(connection: AsyncConnection | None, ledger_reader: AsyncEngine) -> Ledger:
+def ledger(service_connection: AsyncConnection | None, ledger_reader: AsyncEngine) -> Ledger:
     async def read(query: Any) -> Any:
-        if connection is not None:
-            return await connection.scalar(query)
+        if service_connection is not None:
+            return await service_connection.scalar(query)
         async with ledger_reader.connect() as fresh:
             return await fresh.scalar(query)
 

@@ -10,9 +10,9 @@ from quart.typing import TestClientProtocol as Client
 from tests.ledger.conftest import Api
 
 
-async def test_an_account_starts_empty(api: Api, client: Client) -> None:
+async def test_an_account_starts_empty(api: Api, service_client: Client) -> None:
     ada = await api.user()
-    response = await client.post(
+    response = await service_client.post(
         "/accounts", json={"name": "Savings", "currency": "EUR"}, headers=ada.headers
     )
 
@@ -23,7 +23,7 @@ async def test_an_account_starts_empty(api: Api, client: Client) -> None:
         "currency": "EUR",
         "balance": 0,
     }
-    fetched = await client.get(f"/accounts/{body['id']}", headers=ada.headers)
+    fetched = await service_client.get(f"/accounts/{body['id']}", headers=ada.headers)
     assert await fetched.get_json() == body
 
 
@@ -37,25 +37,29 @@ async def test_an_account_starts_empty(api: Api, client: Client) -> None:
         {"currency": "USD"},
     ],
 )
-async def test_a_bad_account_is_a_422(api: Api, client: Client, body: dict[str, Any]) -> None:
+async def test_a_bad_account_is_a_422(
+    api: Api, service_client: Client, body: dict[str, Any]
+) -> None:
     ada = await api.user()
-    response = await client.post("/accounts", json=body, headers=ada.headers)
+    response = await service_client.post("/accounts", json=body, headers=ada.headers)
     assert response.status_code == 422
     assert (await response.get_json())["error"]["code"] == "validation_error"
 
 
-async def test_another_users_account_is_not_found(api: Api, client: Client) -> None:
+async def test_another_users_account_is_not_found(api: Api, service_client: Client) -> None:
     ada, bob = await api.user(), await api.user()
     theirs = await api.account(bob)
 
     for path in (f"/accounts/{theirs}", f"/accounts/{theirs}/entries", "/accounts/999999"):
-        response = await client.get(path, headers=ada.headers)
+        response = await service_client.get(path, headers=ada.headers)
         assert response.status_code == 404, path
         assert (await response.get_json())["error"]["code"] == "not_found"
-    assert (await client.get(f"/accounts/{10**30}", headers=ada.headers)).status_code == 404
+    assert (await service_client.get(f"/accounts/{10**30}", headers=ada.headers)).status_code == 404
 
 
-async def test_the_list_shows_the_callers_accounts_page_by_page(api: Api, client: Client) -> None:
+async def test_the_list_shows_the_callers_accounts_page_by_page(
+    api: Api, service_client: Client
+) -> None:
     ada, bob = await api.user(), await api.user()
     mine = [await api.account(ada, name=f"a{number}") for number in range(5)]
     await api.account(bob)
@@ -65,7 +69,7 @@ async def test_the_list_shows_the_callers_accounts_page_by_page(api: Api, client
     pages = 0
     while True:
         query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
-        page = await (await client.get(f"/accounts{query}", headers=ada.headers)).get_json()
+        page = await (await service_client.get(f"/accounts{query}", headers=ada.headers)).get_json()
         seen += [item["id"] for item in page["items"]]
         pages += 1
         cursor = page["next_cursor"]
@@ -74,13 +78,13 @@ async def test_the_list_shows_the_callers_accounts_page_by_page(api: Api, client
     assert seen == mine
     assert pages == 3
 
-    everything = await (await client.get("/accounts", headers=ada.headers)).get_json()
+    everything = await (await service_client.get("/accounts", headers=ada.headers)).get_json()
     assert [item["id"] for item in everything["items"]] == mine
 
 
 @pytest.mark.parametrize("query", ["?limit=0", "?limit=101", "?limit=x", "?cursor=bm9wZQ"])
-async def test_bad_paging_is_a_422(api: Api, client: Client, query: str) -> None:
+async def test_bad_paging_is_a_422(api: Api, service_client: Client, query: str) -> None:
     ada = await api.user()
-    response = await client.get(f"/accounts{query}", headers=ada.headers)
+    response = await service_client.get(f"/accounts{query}", headers=ada.headers)
     assert response.status_code == 422
     assert (await response.get_json())["error"]["code"] == "validation_error"

@@ -11,9 +11,9 @@ from quart.typing import TestClientProtocol as Client
 from tests.ledger.conftest import Api, Ledger
 
 
-@pytest.mark.committing
+@pytest.mark.service_committing
 async def test_random_concurrent_movements_keep_the_invariants(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     accounts = [await api.account(ada) for _ in range(4)]
@@ -26,14 +26,14 @@ async def test_random_concurrent_movements_keep_the_invariants(
         amount = rng.randint(1, 500)
         if kind == "transfer":
             source, target = rng.sample(accounts, 2)
-            response = await client.post(
+            response = await service_client.post(
                 "/transfers",
                 json={"from_account_id": source, "to_account_id": target, "amount": amount},
                 headers=ada.headers,
             )
         else:
             path = f"/accounts/{rng.choice(accounts)}/{kind}s"
-            response = await client.post(path, json={"amount": amount}, headers=ada.headers)
+            response = await service_client.post(path, json={"amount": amount}, headers=ada.headers)
             if response.status_code == 201:
                 if kind == "deposit":
                     deposited += amount
@@ -50,15 +50,17 @@ async def test_random_concurrent_movements_keep_the_invariants(
     assert await ledger.total() == deposited - withdrawn
 
 
-@pytest.mark.committing
-async def test_opposite_transfers_never_deadlock(api: Api, client: Client, ledger: Ledger) -> None:
+@pytest.mark.service_committing
+async def test_opposite_transfers_never_deadlock(
+    api: Api, service_client: Client, ledger: Ledger
+) -> None:
     ada = await api.user()
     first, second = await api.account(ada), await api.account(ada)
     await api.deposit(ada, first, 10_000)
     await api.deposit(ada, second, 10_000)
 
     async def send(source: int, target: int) -> int:
-        response = await client.post(
+        response = await service_client.post(
             "/transfers",
             json={"from_account_id": source, "to_account_id": target, "amount": 1},
             headers=ada.headers,

@@ -15,7 +15,7 @@ def _keyed(caller: Caller, key: str) -> dict[str, str]:
 
 
 async def test_a_repeat_replays_the_first_answer_and_writes_once(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     source, target = await api.account(ada), await api.account(ada)
@@ -26,8 +26,8 @@ async def test_a_repeat_replays_the_first_answer_and_writes_once(
     ]
     for number, (path, body) in enumerate(requests):
         headers = _keyed(ada, f"key-{number}")
-        first = await client.post(path, json=body, headers=headers)
-        repeat = await client.post(path, json=body, headers=headers)
+        first = await service_client.post(path, json=body, headers=headers)
+        repeat = await service_client.post(path, json=body, headers=headers)
 
         assert first.status_code == repeat.status_code == 201
         assert await first.get_json() == await repeat.get_json()
@@ -39,27 +39,27 @@ async def test_a_repeat_replays_the_first_answer_and_writes_once(
 
 
 async def test_the_same_key_with_another_body_is_refused(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
     path = f"/accounts/{account}/deposits"
     assert (
-        await client.post(path, json={"amount": 1}, headers=_keyed(ada, "k"))
+        await service_client.post(path, json={"amount": 1}, headers=_keyed(ada, "k"))
     ).status_code == 201
 
-    response = await client.post(path, json={"amount": 2}, headers=_keyed(ada, "k"))
+    response = await service_client.post(path, json={"amount": 2}, headers=_keyed(ada, "k"))
 
     assert response.status_code == 422
     assert (await response.get_json())["error"]["code"] == "idempotency_key_reused"
     assert await ledger.balance(account) == 1
 
 
-async def test_keys_belong_to_their_user(api: Api, client: Client, ledger: Ledger) -> None:
+async def test_keys_belong_to_their_user(api: Api, service_client: Client, ledger: Ledger) -> None:
     ada, bob = await api.user(), await api.user()
     hers, his = await api.account(ada), await api.account(bob)
     for caller, account in ((ada, hers), (bob, his)):
-        response = await client.post(
+        response = await service_client.post(
             f"/accounts/{account}/deposits", json={"amount": 7}, headers=_keyed(caller, "shared")
         )
         assert response.status_code == 201
@@ -67,29 +67,34 @@ async def test_keys_belong_to_their_user(api: Api, client: Client, ledger: Ledge
 
 
 async def test_a_failed_request_leaves_its_key_free_for_a_retry(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
     path, headers = f"/accounts/{account}/withdrawals", _keyed(ada, "retry")
 
-    refused = await client.post(path, json={"amount": 10}, headers=headers)
+    refused = await service_client.post(path, json={"amount": 10}, headers=headers)
     await api.deposit(ada, account, 10)
-    retried = await client.post(path, json={"amount": 10}, headers=headers)
+    retried = await service_client.post(path, json={"amount": 10}, headers=headers)
 
     assert (refused.status_code, retried.status_code) == (422, 201)
     assert await ledger.balance(account) == 0
 
 
-@pytest.mark.committing
-async def test_concurrent_repeats_apply_once(api: Api, client: Client, ledger: Ledger) -> None:
+@pytest.mark.service_committing
+async def test_concurrent_repeats_apply_once(
+    api: Api, service_client: Client, ledger: Ledger
+) -> None:
     ada = await api.user()
     source, target = await api.account(ada), await api.account(ada)
     await api.deposit(ada, source, 1000)
     body = {"from_account_id": source, "to_account_id": target, "amount": 100}
 
     responses = await asyncio.gather(
-        *(client.post("/transfers", json=body, headers=_keyed(ada, "once")) for _ in range(8))
+        *(
+            service_client.post("/transfers", json=body, headers=_keyed(ada, "once"))
+            for _ in range(8)
+        )
     )
 
     assert {response.status_code for response in responses} == {201}
@@ -101,11 +106,11 @@ async def test_concurrent_repeats_apply_once(api: Api, client: Client, ledger: L
 
 @pytest.mark.parametrize("key", ["", "k" * 256])
 async def test_a_key_of_the_wrong_length_is_a_422(
-    api: Api, client: Client, ledger: Ledger, key: str
+    api: Api, service_client: Client, ledger: Ledger, key: str
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
-    response = await client.post(
+    response = await service_client.post(
         f"/accounts/{account}/deposits", json={"amount": 5}, headers=_keyed(ada, key)
     )
     assert response.status_code == 422

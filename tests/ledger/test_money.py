@@ -16,13 +16,16 @@ async def _post(client: Client, path: str, body: Any, headers: dict[str, str]) -
 
 
 async def test_deposits_and_withdrawals_move_the_balance(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
 
     status, entry = await _post(
-        client, f"/accounts/{account}/deposits", {"amount": 1000, "description": "pay"}, ada.headers
+        service_client,
+        f"/accounts/{account}/deposits",
+        {"amount": 1000, "description": "pay"},
+        ada.headers,
     )
     assert status == 201
     assert {key: entry[key] for key in ("account_id", "amount", "balance_after", "kind")} == {
@@ -33,7 +36,7 @@ async def test_deposits_and_withdrawals_move_the_balance(
     }
     assert entry["description"] == "pay"
     status, entry = await _post(
-        client, f"/accounts/{account}/withdrawals", {"amount": 300}, ada.headers
+        service_client, f"/accounts/{account}/withdrawals", {"amount": 300}, ada.headers
     )
     assert (status, entry["amount"], entry["balance_after"], entry["kind"]) == (
         201,
@@ -45,14 +48,14 @@ async def test_deposits_and_withdrawals_move_the_balance(
 
 
 async def test_an_overdraft_is_refused_and_writes_nothing(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
     await api.deposit(ada, account, 100)
 
     status, body = await _post(
-        client, f"/accounts/{account}/withdrawals", {"amount": 101}, ada.headers
+        service_client, f"/accounts/{account}/withdrawals", {"amount": 101}, ada.headers
     )
 
     assert (status, body["error"]["code"]) == (422, "insufficient_funds")
@@ -62,28 +65,28 @@ async def test_an_overdraft_is_refused_and_writes_nothing(
 
 @pytest.mark.parametrize("amount", [0, -5, 10**12 + 1, 1.5, "10", None, True, 10**30, "1e3"])
 async def test_an_amount_out_of_range_or_not_an_integer_is_a_422(
-    api: Api, client: Client, ledger: Ledger, amount: Any
+    api: Api, service_client: Client, ledger: Ledger, amount: Any
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
 
     for kind in ("deposits", "withdrawals"):
         status, body = await _post(
-            client, f"/accounts/{account}/{kind}", {"amount": amount}, ada.headers
+            service_client, f"/accounts/{account}/{kind}", {"amount": amount}, ada.headers
         )
         assert (status, body["error"]["code"]) == (422, "validation_error")
         assert body["error"]["details"][0]["field"] == "amount"
     assert await ledger.entries() == 0
 
 
-async def test_the_largest_amount_is_accepted(api: Api, client: Client) -> None:
+async def test_the_largest_amount_is_accepted(api: Api, service_client: Client) -> None:
     ada = await api.user()
     account = await api.account(ada)
     assert (await api.deposit(ada, account, 10**12)).status_code == 201
 
 
 async def test_money_cannot_be_moved_in_another_users_account(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada, bob = await api.user(), await api.user()
     theirs = await api.account(bob)
@@ -91,10 +94,10 @@ async def test_money_cannot_be_moved_in_another_users_account(
     await api.deposit(bob, theirs, 500)
 
     for path in (f"/accounts/{theirs}/deposits", f"/accounts/{theirs}/withdrawals"):
-        status, body = await _post(client, path, {"amount": 1}, ada.headers)
+        status, body = await _post(service_client, path, {"amount": 1}, ada.headers)
         assert (status, body["error"]["code"]) == (404, "not_found")
     status, body = await _post(
-        client,
+        service_client,
         "/transfers",
         {"from_account_id": theirs, "to_account_id": mine, "amount": 1},
         ada.headers,
@@ -105,14 +108,14 @@ async def test_money_cannot_be_moved_in_another_users_account(
 
 
 async def test_a_transfer_writes_both_entries_and_both_balances(
-    api: Api, client: Client, ledger: Ledger
+    api: Api, service_client: Client, ledger: Ledger
 ) -> None:
     ada = await api.user()
     source, target = await api.account(ada), await api.account(ada)
     await api.deposit(ada, source, 1000)
 
     status, body = await _post(
-        client,
+        service_client,
         "/transfers",
         {"from_account_id": source, "to_account_id": target, "amount": 400, "description": "rent"},
         ada.headers,
@@ -127,7 +130,7 @@ async def test_a_transfer_writes_both_entries_and_both_balances(
     assert (await ledger.balance(source), await ledger.balance(target)) == (600, 400)
     assert (await ledger.entry_sum(source), await ledger.entry_sum(target)) == (600, 400)
     entries = await (
-        await client.get(f"/accounts/{target}/entries", headers=ada.headers)
+        await service_client.get(f"/accounts/{target}/entries", headers=ada.headers)
     ).get_json()
     assert [(e["kind"], e["amount"], e["description"]) for e in entries["items"]] == [
         ("transfer_in", 400, "rent")
@@ -143,7 +146,7 @@ async def test_a_transfer_writes_both_entries_and_both_balances(
     ],
 )
 async def test_a_refused_transfer_leaves_no_trace(
-    api: Api, client: Client, ledger: Ledger, case: str, code: str
+    api: Api, service_client: Client, ledger: Ledger, case: str, code: str
 ) -> None:
     ada = await api.user()
     source = await api.account(ada, "USD")
@@ -156,7 +159,7 @@ async def test_a_refused_transfer_leaves_no_trace(
     amount = 1000 if case == "funds" else 50
 
     status, body = await _post(
-        client,
+        service_client,
         "/transfers",
         {"from_account_id": source, "to_account_id": target, "amount": amount},
         ada.headers,
@@ -169,7 +172,7 @@ async def test_a_refused_transfer_leaves_no_trace(
 
 
 async def test_entries_page_newest_first_without_skips_or_repeats_while_growing(
-    api: Api, client: Client
+    api: Api, service_client: Client
 ) -> None:
     ada = await api.user()
     account = await api.account(ada)
@@ -182,7 +185,7 @@ async def test_entries_page_newest_first_without_skips_or_repeats_while_growing(
     while True:
         query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
         page = await (
-            await client.get(f"/accounts/{account}/entries{query}", headers=ada.headers)
+            await service_client.get(f"/accounts/{account}/entries{query}", headers=ada.headers)
         ).get_json()
         seen += [item["amount"] for item in page["items"]]
         # New entries arrive between pages: they are newer than the cursor.
@@ -193,5 +196,7 @@ async def test_entries_page_newest_first_without_skips_or_repeats_while_growing(
             break
 
     assert seen == [7, 6, 5, 4, 3, 2, 1]
-    first = await (await client.get(f"/accounts/{account}/entries", headers=ada.headers)).get_json()
+    first = await (
+        await service_client.get(f"/accounts/{account}/entries", headers=ada.headers)
+    ).get_json()
     assert [item["amount"] for item in first["items"][:3]] == [102, 101, 100]

@@ -21,28 +21,32 @@ def _error(body: Any) -> dict[str, Any]:
 
 
 async def test_a_new_user_gets_a_token_stored_only_as_a_hash(
-    client: Client, connection: AsyncConnection
+    service_client: Client, service_connection: AsyncConnection
 ) -> None:
-    response = await client.post("/users", json={"name": "Ada", "email": "Ada@Example.com"})
+    response = await service_client.post("/users", json={"name": "Ada", "email": "Ada@Example.com"})
 
     assert response.status_code == 201
     body = await response.get_json()
     assert set(body) == {"id", "name", "email", "created_at", "token"}
     assert body["name"] == "Ada"
     assert body["email"] == "Ada@example.com"
-    stored = (await connection.execute(select(User.token_hash).where(User.id == body["id"]))).one()
+    stored = (
+        await service_connection.execute(select(User.token_hash).where(User.id == body["id"]))
+    ).one()
     assert stored.token_hash == hashlib.sha256(body["token"].encode()).hexdigest()
     assert body["token"] not in stored.token_hash
 
-    me = await client.get("/users/me", headers={"Authorization": f"Bearer {body['token']}"})
+    me = await service_client.get("/users/me", headers={"Authorization": f"Bearer {body['token']}"})
     assert me.status_code == 200
     assert await me.get_json() == {key: body[key] for key in ("id", "name", "email", "created_at")}
 
 
-async def test_an_email_in_use_is_refused_whatever_its_case(client: Client) -> None:
-    assert (await client.post("/users", json={"name": "A", "email": "a@b.io"})).status_code == 201
+async def test_an_email_in_use_is_refused_whatever_its_case(service_client: Client) -> None:
+    assert (
+        await service_client.post("/users", json={"name": "A", "email": "a@b.io"})
+    ).status_code == 201
 
-    response = await client.post("/users", json={"name": "B", "email": "A@B.IO"})
+    response = await service_client.post("/users", json={"name": "B", "email": "A@B.IO"})
 
     assert response.status_code == 409
     assert _error(await response.get_json())["code"] == "email_taken"
@@ -61,9 +65,9 @@ async def test_an_email_in_use_is_refused_whatever_its_case(client: Client) -> N
     ],
 )
 async def test_a_body_that_fails_validation_is_a_422_naming_the_fields(
-    client: Client, body: Any, fields: list[str]
+    service_client: Client, body: Any, fields: list[str]
 ) -> None:
-    response = await client.post("/users", json=body)
+    response = await service_client.post("/users", json=body)
 
     assert response.status_code == 422
     error = _error(await response.get_json())
@@ -72,15 +76,17 @@ async def test_a_body_that_fails_validation_is_a_422_naming_the_fields(
 
 
 @pytest.mark.parametrize("data", [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe"])
-async def test_malformed_json_is_a_400(client: Client, data: bytes) -> None:
-    response = await client.post("/users", data=data, headers={"Content-Type": "application/json"})
+async def test_malformed_json_is_a_400(service_client: Client, data: bytes) -> None:
+    response = await service_client.post(
+        "/users", data=data, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert _error(await response.get_json())["code"] == "invalid_json"
 
 
-async def test_a_body_over_1_mib_is_a_413(client: Client) -> None:
+async def test_a_body_over_1_mib_is_a_413(service_client: Client) -> None:
     name = "x" * (1024 * 1024)
-    response = await client.post("/users", json={"name": name, "email": "big@b.io"})
+    response = await service_client.post("/users", json={"name": name, "email": "big@b.io"})
     assert response.status_code == 413
     assert _error(await response.get_json())["code"] == "request_entity_too_large"
 
@@ -90,18 +96,18 @@ async def test_a_body_over_1_mib_is_a_413(client: Client) -> None:
     [None, "", "Bearer", "Bearer ", "Bearer forged-token", "Basic dXNlcjpwYXNz", "token"],
 )
 async def test_a_missing_or_wrong_token_is_a_401(
-    api: Api, client: Client, authorization: str | None
+    api: Api, service_client: Client, authorization: str | None
 ) -> None:
     await api.user()
     headers = {} if authorization is None else {"Authorization": authorization}
     for method, path in [("GET", "/users/me"), ("GET", "/accounts"), ("POST", "/transfers")]:
-        response = await client.open(path, method=method, headers=headers, json={})
+        response = await service_client.open(path, method=method, headers=headers, json={})
         assert response.status_code == 401
         assert _error(await response.get_json())["code"] == "unauthorized"
 
 
-async def test_the_openapi_document_and_docs_page_are_served(client: Client) -> None:
-    spec = await (await client.get("/openapi.json")).get_json()
+async def test_the_openapi_document_and_docs_page_are_served(service_client: Client) -> None:
+    spec = await (await service_client.get("/openapi.json")).get_json()
     assert spec["openapi"].startswith("3.")
     assert {"/users", "/accounts", "/transfers", "/accounts/{account_id}/deposits"} <= set(
         spec["paths"]
@@ -110,16 +116,16 @@ async def test_the_openapi_document_and_docs_page_are_served(client: Client) -> 
     request_schema = deposit["requestBody"]["content"]["application/json"]["schema"]
     assert request_schema["properties"]["amount"]["maximum"] == 10**12
     assert "201" in deposit["responses"]
-    docs = await client.get("/docs")
+    docs = await service_client.get("/docs")
     assert docs.status_code == 200
     assert "openapi.json" in (await docs.get_data(as_text=True))
 
 
-@pytest.mark.committing
-async def test_concurrent_registrations_of_one_email_give_one_user(client: Client) -> None:
+@pytest.mark.service_committing
+async def test_concurrent_registrations_of_one_email_give_one_user(service_client: Client) -> None:
     responses = await asyncio.gather(
         *(
-            client.post(
+            service_client.post(
                 "/users", json={"name": f"n{n}", "email": f"{'SAME' if n % 2 else 'same'}@b.io"}
             )
             for n in range(6)

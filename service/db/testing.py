@@ -1,0 +1,107 @@
+"""Tools for testing code built on the layer, whatever the test runner.
+
+- ``join_sessions_to(connection)``: every session joins the connection's
+  transaction through savepoints, so a test can roll everything back.
+- ``count_queries()`` and ``assert_max_queries(n)``: the SQL run inside a block,
+  and an assertion that prints it when there is too much (N+1 queries).
+- ``capture_on_commit()``: the callbacks of units of work that commit inside a
+  block, held for the test to inspect and run, or run as usual and recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from service.db import _callbacks
+from service.db._callbacks import CapturedCallbacks
+from service.db._session import join_sessions_to
+
+__all__ = [
+    "CapturedCallbacks",
+    "ExecutedQuery",
+    "QueryLog",
+    "assert_max_queries",
+    "capture_on_commit",
+    "count_queries",
+    "join_sessions_to",
+]
+
+# Transaction control is not a query: a test's savepoints would count where
+# production has none, and SQLite's BEGIN is the layer's doing, not the code's.
+_TRANSACTION_CONTROL = re.compile(r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ExecutedQuery:
+    statement: str
+    parameters: Any
+    many: bool
+
+
+class QueryLog(list[ExecutedQuery]):
+    """The queries a block ran, in order; ``str()`` numbers them with their parameters."""
+
+    def __str__(self) -> str:
+        lines = []
+        for number, query in enumerate(self, 1):
+            many = " (executemany)" if query.many else ""
+            lines.append(
+                f"{number}. {query.statement.strip()}\n   parameters{many}: {query.parameters}"
+            )
+        return "\n".join(lines)
+
+
+@contextmanager
+def count_queries() -> Iterator[QueryLog]:
+    """Record every query any engine of the process runs inside the block.
+
+    Statements are counted as sent to the driver: an executemany is one query,
+    and transaction control (BEGIN, COMMIT, savepoints) is left out.
+    """
+    log = QueryLog()
+
+    def record(
+        connection: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if not _TRANSACTION_CONTROL.match(statement):
+            log.append(ExecutedQuery(statement, parameters, executemany))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield log
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def assert_max_queries(limit: int) -> Iterator[QueryLog]:
+    """Fail if the block runs more than ``limit`` queries, listing the SQL it ran."""
+    with count_queries() as log:
+        yield log
+    if len(log) > limit:
+        raise AssertionError(f"{len(log)} queries ran where at most {limit} were expected:\n{log}")
+
+
+@contextmanager
+def capture_on_commit(*, execute: bool = False) -> Iterator[CapturedCallbacks]:
+    """Capture the on-commit callbacks of the units of work that commit inside the block.
+
+    With ``execute=False`` they are held instead of run: the test inspects them
+    and may ``await captured.run()``. With ``execute=True`` they run as usual
+    and are recorded too. Callbacks of a unit that rolls back never appear.
+    """
+    captured = CapturedCallbacks(execute=execute)
+    with _callbacks.capturing(captured):
+        yield captured

@@ -1,0 +1,253 @@
+"""The pytest plugin for tests of this service: isolated, fast, honest database tests.
+
+Registered through the ``pytest11`` entry point, so installing the service is
+enough. Every fixture is named ``service_*``:
+
+- ``service_app``: the app in testing mode, serving (its lifespan has run);
+  ``service_client`` is a test client of it.
+- ``service_connection`` (autouse): the test's outer transaction. The schema is
+  built once per session by the Alembic migrations; each test runs inside a
+  transaction rolled back at its end, which every session joins through
+  savepoints, so code that commits, rolls back or nests runs unchanged. Requests,
+  in-process CLI commands and eager jobs all join it. The fixture's value is
+  that connection: read what the code wrote through it.
+- ``service_queries``: ``with service_queries.at_most(3): ...`` fails and prints
+  the SQL if the block runs more queries (N+1 queries).
+- ``service_on_commit``: ``with service_on_commit() as callbacks: ...`` captures
+  the on-commit callbacks; ``await callbacks.run()`` runs them.
+- ``@pytest.mark.service_committing``: the test uses real commits instead (for
+  work across several connections); the tables are emptied after it.
+
+Data factories are in ``service.testing.factories``.
+
+Settings (pytest ini options): ``service_app_factory`` (``module:callable``
+taking a config mapping, ``service.app:create_app`` by default) and
+``service_alembic_config`` (``alembic.ini`` in the rootdir by default). The
+database is ``TEST_DATABASE_URL``, else a SQLite file in a temporary directory;
+it is emptied at the start and the end of the session. With ``CI=true`` an
+unreachable database fails the run instead of skipping the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from alembic.config import Config
+from quart import Quart
+from quart.typing import TestClientProtocol
+from sqlalchemy import MetaData, Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.schema import sort_tables
+
+from alembic import command
+from service.db import make_engine
+from service.db.testing import (
+    assert_max_queries,
+    capture_on_commit,
+    count_queries,
+    join_sessions_to,
+)
+
+__all__ = [
+    "Queries",
+    "TestDatabase",
+    "service_app",
+    "service_client",
+    "service_connection",
+    "service_database",
+    "service_database_url",
+    "service_engine",
+    "service_on_commit",
+    "service_queries",
+    "service_test_tables",
+]
+
+COMMITTING = "service_committing"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "service_app_factory",
+        "`module:callable` that makes the app from a config mapping",
+        default="service.app:create_app",
+    )
+    parser.addini(
+        "service_alembic_config",
+        "the alembic.ini whose migrations build the test schema, relative to the rootdir",
+        default="alembic.ini",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{COMMITTING}: real commits instead of the rolled-back outer transaction; "
+        "the tables are emptied after the test",
+    )
+    if config.getini("asyncio_default_test_loop_scope") != "session":
+        raise pytest.UsageError(
+            "service.testing: the test database connection lives on the session's event loop; "
+            'set `asyncio_default_test_loop_scope = "session"` in the pytest configuration.'
+        )
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    """The session's database: its engine, and its tables in dependency order."""
+
+    __test__ = False  # not a test class, for pytest
+
+    url: str
+    engine: AsyncEngine
+    tables: Sequence[Table]
+
+
+@pytest.fixture(scope="session")
+def service_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``TEST_DATABASE_URL``, else a SQLite file of the session's own."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def service_test_tables() -> Sequence[Table]:
+    """Tables of the tests' own, created after the migrations. Override it to add some."""
+    return ()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def service_database(
+    pytestconfig: pytest.Config, service_database_url: str, service_test_tables: Sequence[Table]
+) -> AsyncIterator[TestDatabase]:
+    """The schema, built once for the session by the migrations, and dropped after it."""
+    engine = make_engine(service_database_url)
+    try:
+        await _drop_everything(engine)
+    except (OSError, ConnectionError) as error:
+        await engine.dispose()
+        _unreachable(service_database_url, error)
+    alembic_ini = Path(pytestconfig.rootpath, pytestconfig.getini("service_alembic_config"))
+    await asyncio.to_thread(_migrate, alembic_ini, service_database_url)
+    async with engine.begin() as connection:
+        for table in sort_tables(service_test_tables):
+            await connection.run_sync(table.create)
+        tables = await connection.run_sync(_reflect)
+    try:
+        yield TestDatabase(service_database_url, engine, tables)
+    finally:
+        await _drop_everything(engine)
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def service_engine(service_database: TestDatabase) -> AsyncEngine:
+    """The tests' own engine on the test database, for reading what was written."""
+    return service_database.engine
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def service_app(
+    pytestconfig: pytest.Config, service_database: TestDatabase
+) -> AsyncIterator[Quart]:
+    """The app in testing mode on the test database, serving until the session ends."""
+    factory = _load(pytestconfig.getini("service_app_factory"))
+    app = factory({"DATABASE_URL": service_database.url, "TESTING": True})
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+def service_client(service_app: Quart) -> TestClientProtocol:
+    return service_app.test_client()
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def service_connection(
+    request: pytest.FixtureRequest, service_database: TestDatabase, service_app: Quart
+) -> AsyncIterator[AsyncConnection | None]:
+    """The test's outer transaction, joined by every session and rolled back at the end.
+
+    ``None`` in a ``service_committing`` test, whose tables are emptied afterwards.
+    """
+    if request.node.get_closest_marker(COMMITTING):
+        try:
+            yield None
+        finally:
+            async with service_database.engine.begin() as connection:
+                for table in reversed(service_database.tables):
+                    await connection.execute(table.delete())
+        return
+    async with service_database.engine.connect() as outer:
+        transaction = await outer.begin()
+        try:
+            with join_sessions_to(outer):
+                yield outer
+        finally:
+            await transaction.rollback()
+
+
+class Queries:
+    """``at_most(n)`` asserts a block's query count; ``count()`` only records."""
+
+    at_most = staticmethod(assert_max_queries)
+    count = staticmethod(count_queries)
+
+
+@pytest.fixture
+def service_queries() -> Queries:
+    return Queries()
+
+
+@pytest.fixture
+def service_on_commit() -> Callable[..., Any]:
+    """``capture_on_commit``: ``with service_on_commit(execute=False) as callbacks: ...``."""
+    return capture_on_commit
+
+
+def _migrate(alembic_ini: Path, url: str) -> None:
+    config = Config(alembic_ini)
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+async def _drop_everything(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: _reflected(sync).drop_all(sync))
+
+
+def _reflected(connection: Any) -> MetaData:
+    metadata = MetaData()
+    metadata.reflect(connection)
+    return metadata
+
+
+def _reflect(connection: Any) -> list[Table]:
+    return [
+        table for table in _reflected(connection).sorted_tables if table.name != "alembic_version"
+    ]
+
+
+def _load(path: str) -> Callable[[Mapping[str, Any]], Quart]:
+    module, _, name = path.partition(":")
+    factory: Callable[[Mapping[str, Any]], Quart] = getattr(importlib.import_module(module), name)
+    return factory
+
+
+def _unreachable(url: str, error: Exception) -> None:
+    where = make_url(url).render_as_string(hide_password=True)
+    message = f"the test database {where} is unreachable: {error}"
+    if os.environ.get("CI") == "true":
+        pytest.exit(f"{message} (CI=true: a missing database fails the run)", returncode=1)
+    pytest.skip(message)
