@@ -34,6 +34,7 @@ import asyncio
 import importlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,27 +52,19 @@ from sqlalchemy.schema import sort_tables
 from alembic import command
 from service.db import make_engine
 from service.db.testing import (
+    CapturedCallbacks,
     assert_max_queries,
     capture_on_commit,
     count_queries,
     join_sessions_to,
 )
 
-__all__ = [
-    "Queries",
-    "TestDatabase",
-    "service_app",
-    "service_client",
-    "service_connection",
-    "service_database",
-    "service_database_url",
-    "service_engine",
-    "service_on_commit",
-    "service_queries",
-    "service_test_tables",
-]
+__all__ = ["CaptureOnCommit", "Queries", "TestDatabase"]
 
 COMMITTING = "service_committing"
+
+CaptureOnCommit = Callable[..., AbstractContextManager[CapturedCallbacks]]
+"""The type of ``service_on_commit``: ``capture_on_commit(*, execute=False)``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -210,7 +203,7 @@ def service_queries() -> Queries:
 
 
 @pytest.fixture
-def service_on_commit() -> Callable[..., Any]:
+def service_on_commit() -> CaptureOnCommit:
     """``capture_on_commit``: ``with service_on_commit(execute=False) as callbacks: ...``."""
     return capture_on_commit
 

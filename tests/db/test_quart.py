@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import db
 from service.db import UnitOfWorkError, session
+from service.testing import CaptureOnCommit
 from tests.db.app import Probe, make_test_app
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
@@ -347,6 +348,19 @@ async def test_on_commit_never_runs_after_a_rolled_back_request(
 
     assert response.status_code == status
     assert fresh_probe.committed == []
+
+
+async def test_a_captured_on_commit_callback_waits_for_the_test_to_run_it(
+    service_client: Client, fresh_probe: Probe, service_on_commit: CaptureOnCommit
+) -> None:
+    with service_on_commit() as callbacks:
+        assert (await service_client.post("/on-commit", json={"name": "held"})).status_code == 201
+        response = await service_client.post("/on-commit?status=400", json={"name": "undone"})
+        assert response.status_code == 400
+
+    assert (len(callbacks), fresh_probe.committed) == (1, [])
+    await callbacks.run()
+    assert fresh_probe.committed == ["held"]
 
 
 @pytest.mark.parametrize("attempt", [1, 2])

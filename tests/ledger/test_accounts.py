@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from quart.typing import TestClientProtocol as Client
 
+from service.testing import Queries
+from service.testing.factories import AccountFactory, UserFactory
 from tests.ledger.conftest import Api
 
 
@@ -88,3 +90,18 @@ async def test_bad_paging_is_a_422(api: Api, service_client: Client, query: str)
     response = await service_client.get(f"/accounts{query}", headers=ada.headers)
     assert response.status_code == 422
     assert (await response.get_json())["error"]["code"] == "validation_error"
+
+
+async def test_a_page_of_accounts_costs_the_same_queries_however_long_it_is(
+    service_client: Client, service_queries: Queries
+) -> None:
+    user, token = await UserFactory.create_with_token()
+    await AccountFactory.create_batch_async(20, user_id=user.id)
+
+    with service_queries.at_most(2):  # the caller, then the page: no query per account
+        response = await service_client.get(
+            "/accounts?limit=20", headers={"Authorization": f"Bearer {token}"}
+        )
+
+    assert response.status_code == 200
+    assert len((await response.get_json())["items"]) == 20

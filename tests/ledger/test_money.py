@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from quart.typing import TestClientProtocol as Client
 
+from service.testing import Queries
 from tests.ledger.conftest import Api, Ledger
 
 
@@ -200,3 +201,18 @@ async def test_entries_page_newest_first_without_skips_or_repeats_while_growing(
         await service_client.get(f"/accounts/{account}/entries", headers=ada.headers)
     ).get_json()
     assert [item["amount"] for item in first["items"][:3]] == [102, 101, 100]
+
+
+async def test_a_page_of_entries_costs_the_same_queries_however_long_it_is(
+    api: Api, service_client: Client, service_queries: Queries
+) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+    for amount in range(1, 11):
+        assert (await api.deposit(ada, account, amount)).status_code == 201
+
+    with service_queries.at_most(3):  # the caller, the account, then the page
+        response = await service_client.get(f"/accounts/{account}/entries", headers=ada.headers)
+
+    assert response.status_code == 200
+    assert len((await response.get_json())["items"]) == 10

@@ -1,0 +1,203 @@
+"""The pytest plugin, ``service.testing``, as a handler author meets it: through pytester.
+
+Each check runs a real pytest in a subprocess against the service's own app
+and migrations, on a database of its own of the kind this suite runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
+
+HANDLER_TESTS = f'''
+import pytest
+from sqlalchemy import func, select, text
+
+from service.db import on_commit, session, unit_of_work
+from service.ledger.models import User
+from service.testing.factories import AccountFactory, UserFactory
+
+
+async def count_users(connection):
+    return await connection.scalar(select(func.count()).select_from(User))
+
+
+async def test_01_a_request_writes_into_the_test_transaction(service_client, service_connection):
+    response = await service_client.post("/users", json={{"name": "Ada", "email": "a@example.com"}})
+    assert response.status_code == 201
+    assert await count_users(service_connection) == 1
+
+
+async def test_02_the_next_test_starts_from_an_empty_database(service_connection):
+    assert await count_users(service_connection) == 0
+
+
+async def test_03_code_that_commits_rolls_back_and_nests_runs_unchanged(service_connection):
+    async with unit_of_work():
+        await UserFactory.build(name="committed").save()
+        await session.commit()
+        await UserFactory.build(name="rolled back").save()
+        await session.rollback()
+        async with unit_of_work():
+            await UserFactory.build(name="nested").save()
+        with pytest.raises(LookupError):
+            async with unit_of_work():
+                await UserFactory.build(name="failed savepoint").save()
+                raise LookupError
+    names = (await service_connection.scalars(select(User.name).order_by(User.name))).all()
+    assert names == ["committed", "nested"]
+
+
+async def test_04_factories_save_inside_the_test_transaction(service_client, service_connection):
+    user, token = await UserFactory.create_with_token(name="Grace")
+    account = await AccountFactory.create_async(user_id=user.id, name="Savings")
+    response = await service_client.get(
+        f"/accounts/{{account.id}}", headers={{"Authorization": f"Bearer {{token}}"}}
+    )
+    assert response.status_code == 200
+    assert (await response.get_json())["name"] == "Savings"
+    assert await count_users(service_connection) == 1
+
+
+async def test_05_on_commit_callbacks_are_captured_and_run_on_demand(service_on_commit):
+    ran = []
+    with service_on_commit() as callbacks:
+        async with unit_of_work():
+            on_commit(lambda: ran.append("committed"))
+        with pytest.raises(LookupError):
+            async with unit_of_work():
+                on_commit(lambda: ran.append("rolled back"))
+                raise LookupError
+    assert (len(callbacks), ran) == (1, [])
+    await callbacks.run()
+    assert ran == ["committed"]
+
+    with service_on_commit(execute=True) as callbacks:
+        async with unit_of_work():
+            on_commit(lambda: ran.append("executed"))
+    assert (len(callbacks), ran) == (1, ["committed", "executed"])
+
+
+async def test_06_a_query_count_over_the_limit_fails_and_shows_the_sql(
+    service_client, service_queries
+):
+    user, token = await UserFactory.create_with_token()
+    await AccountFactory.create_batch_async(3, user_id=user.id)
+    with service_queries.at_most(1):
+        response = await service_client.get(
+            "/accounts", headers={{"Authorization": f"Bearer {{token}}"}}
+        )
+    assert response.status_code == 200
+
+
+@pytest.mark.service_committing
+async def test_07_a_committing_test_commits_for_real(
+    service_client, service_engine, service_connection
+):
+    assert service_connection is None
+    response = await service_client.post("/users", json={{"name": "Bo", "email": "b@example.com"}})
+    assert response.status_code == 201
+    async with service_engine.connect() as fresh:
+        assert await count_users(fresh) == 1
+
+
+async def test_08_and_its_tables_are_emptied_after_it(service_connection):
+    assert await count_users(service_connection) == 0
+
+
+async def test_09_the_schema_is_built_by_the_migrations(service_connection):
+    version = await service_connection.scalar(text("SELECT version_num FROM alembic_version"))
+    assert version == "{HEAD}"
+'''
+
+
+@pytest.fixture
+async def plugin_database(
+    service_database_url: str, monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester
+) -> AsyncIterator[str]:
+    """A database for the inner runs, never the suite's own: they drop everything in it."""
+    if service_database_url.startswith("sqlite"):
+        url = f"sqlite+aiosqlite:///{pytester.path / 'plugin.db'}"
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        yield url
+        return
+    parsed = make_url(service_database_url)
+    name = f"{parsed.database}_plugin"
+    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = parsed.set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("TEST_DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def _configure(pytester: pytest.Pytester, *, loop_scope: str = "session") -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = {loop_scope}
+        asyncio_default_test_loop_scope = {loop_scope}
+        service_alembic_config = {ROOT / "alembic.ini"}
+        """
+    )
+
+
+async def _tables(url: str) -> list[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.service_committing  # the inner run has a database of its own
+async def test_handler_tests_are_isolated_and_get_the_plugins_tools(
+    pytester: pytest.Pytester, plugin_database: str
+) -> None:
+    _configure(pytester)
+    pytester.makepyfile(test_handlers=HANDLER_TESTS)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+
+    result.assert_outcomes(passed=8, failed=1)
+    result.stdout.fnmatch_lines(["*test_06_a_query_count_over_the_limit_fails* FAILED*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: 2 queries ran where at most 1 were expected:",
+            "*1. SELECT users.id, *",
+            "*   FROM users*",
+            "*2. SELECT accounts.id, *",
+            "*   FROM accounts*",
+        ]
+    )
+    assert await _tables(plugin_database) == []  # the schema is dropped after the session
+
+
+@pytest.mark.service_committing
+def test_tests_on_a_loop_of_their_own_are_refused_with_the_fix(
+    pytester: pytest.Pytester, plugin_database: str
+) -> None:
+    _configure(pytester, loop_scope="function")
+    pytester.makepyfile(test_nothing="def test_nothing(): pass")
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(['*asyncio_default_test_loop_scope = "session"*'])
