@@ -47,6 +47,7 @@ bench: install
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(BIN)/python bench/uow_instructions.py
 	$(BIN)/python bench/ledger_load.py
+	$(BIN)/python bench/isolation.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

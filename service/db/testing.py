@@ -1,7 +1,8 @@
 """Tools for testing code built on the layer, whatever the test runner.
 
-- ``join_sessions_to(connection)``: every session joins the connection's
-  transaction through savepoints, so a test can roll everything back.
+- ``rolled_back(engine)``: a transaction that every session joins through
+  savepoints, rolled back at the end: code under test commits, rolls back and
+  nests as usual, and leaves nothing behind (``join_sessions_to`` underneath).
 - ``count_queries()`` and ``assert_max_queries(n)``: the SQL run inside a block,
   and an assertion that prints it when there is too much (N+1 queries).
 - ``capture_on_commit()``: the callbacks of units of work that commit inside a
@@ -11,13 +12,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import _callbacks
 from service.db._callbacks import CapturedCallbacks
@@ -31,11 +33,28 @@ __all__ = [
     "capture_on_commit",
     "count_queries",
     "join_sessions_to",
+    "rolled_back",
 ]
 
 # Transaction control is not a query: a test's savepoints would count where
 # production has none, and SQLite's BEGIN is the layer's doing, not the code's.
 _TRANSACTION_CONTROL = re.compile(r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+
+
+@asynccontextmanager
+async def rolled_back(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """An outer transaction that every session joins, rolled back at the end of the block.
+
+    Yields its connection, through which the test reads what the code wrote.
+    Setup and teardown may run in different tasks (as pytest fixtures' do).
+    """
+    async with engine.connect() as outer:
+        transaction = await outer.begin()
+        try:
+            with join_sessions_to(outer):
+                yield outer
+        finally:
+            await transaction.rollback()
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from service.db.testing import (
     assert_max_queries,
     capture_on_commit,
     count_queries,
-    join_sessions_to,
+    rolled_back,
 )
 
 __all__ = ["CaptureOnCommit", "Queries", "TestDatabase"]
@@ -181,13 +181,8 @@ async def service_connection(
                 for table in reversed(service_database.tables):
                     await connection.execute(table.delete())
         return
-    async with service_database.engine.connect() as outer:
-        transaction = await outer.begin()
-        try:
-            with join_sessions_to(outer):
-                yield outer
-        finally:
-            await transaction.rollback()
+    async with rolled_back(service_database.engine) as outer:
+        yield outer
 
 
 class Queries:
