@@ -8,13 +8,15 @@ hooks, and ``unit_of_work()`` for everything else): ``begin()``, then
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Coroutine
-from contextlib import AsyncContextDecorator
+import random
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Token
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
@@ -23,6 +25,12 @@ from service.db._session import Bind, UnitOfWorkError, _current, current_unit_of
 __all__ = ["UnitOfWork", "on_commit", "unit_of_work"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+# SQLSTATEs that mean "this transaction lost a race; run it again": serialization
+# failure and deadlock. Nothing else is retried: a lost connection during COMMIT,
+# for one, has an unknown outcome.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +158,7 @@ async def _quietly(cleanup: Coroutine[Any, Any, None]) -> None:
         logger.warning("cleaning up the session failed", exc_info=True)
 
 
-class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, like contextlib's
+class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
     """Run a block or a coroutine as one unit of work.
 
     Commit on success, roll back on an exception, always remove the task's
@@ -163,20 +171,64 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
     then begins DEFERRED so that readers stay concurrent (writes begin
     IMMEDIATE, taking the write lock at BEGIN). It changes nothing elsewhere.
     ``bind`` is the engine to use, by default the first serving app's.
+
+    ``retries=N`` (decorator only) runs the whole coroutine again, up to N more
+    times with exponential backoff from ``backoff`` seconds, when the unit of
+    work fails on a serialization failure or a deadlock (SQLSTATE 40001, 40P01).
+    A failed attempt has rolled back: its on-commit callbacks never run.
     """
 
-    def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        readonly: bool = False,
+        bind: Bind | None = None,
+        retries: int = 0,
+        backoff: float = 0.05,
+    ) -> None:
         self.readonly = readonly
         self.bind = bind
+        self.retries = retries
+        self.backoff = backoff
         self._unit: UnitOfWork | None = None
         self._savepoint: AsyncSessionTransaction | None = None
 
-    def _recreate_cm(self) -> Self:
+    def _attempt(self) -> Self:
+        """A fresh context manager for one attempt; the retries are the decorator's."""
         return type(self)(readonly=self.readonly, bind=self.bind)
+
+    def __call__(
+        self, function: Callable[_P, Awaitable[_T]]
+    ) -> Callable[_P, Coroutine[Any, Any, _T]]:
+        """Decorate a coroutine function: each call is a unit of work, retried if asked."""
+
+        @functools.wraps(function)
+        async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            attempt = 0
+            while True:
+                outermost = current_unit_of_work() is None
+                try:
+                    async with self._attempt():
+                        return await function(*args, **kwargs)
+                except DBAPIError as error:
+                    # Inside another unit of work only that one can be run again.
+                    if not outermost or attempt >= self.retries or not is_retryable(error):
+                        raise
+                attempt += 1
+                delay = self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                logger.info("retrying a unit of work (attempt %d) in %.3fs", attempt + 1, delay)
+                await asyncio.sleep(delay)
+
+        return run
 
     async def __aenter__(self) -> None:
         if self._unit is not None or self._savepoint is not None:
             raise UnitOfWorkError("This unit_of_work() is already active; it is not reentrant.")
+        if self.retries:
+            raise UnitOfWorkError(
+                "`unit_of_work(retries=...)` re-runs a coroutine, which a `with` block cannot "
+                "be: decorate the coroutine with `@unit_of_work(retries=...)` instead."
+            )
         if current_unit_of_work() is not None:
             self._savepoint = await session().begin_nested()
             return
@@ -209,6 +261,12 @@ class unit_of_work(AsyncContextDecorator):  # noqa: N801 - reads as a function, 
                 "in the same task."
             )
         await unit.end(commit=exc_type is None)
+
+
+def is_retryable(error: DBAPIError) -> bool:
+    """Whether the database refused the transaction for losing a race (40001, 40P01)."""
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return sqlstate in RETRYABLE_SQLSTATES
 
 
 def on_commit(callback: _callbacks.Callback) -> None:
