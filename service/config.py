@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +17,16 @@ class Settings(BaseSettings):
 
     readiness_timeout: float = 2.0
     """Seconds ``/readyz`` waits for the database before answering 503."""
+
+    celery_broker_url: str | None = None
+    """A Celery broker (``redis://127.0.0.1:6379/0``): jobs then go to ``service worker``."""
+
+    celery_queue: str = "service"
+    """The Celery queue the web processes send jobs to and ``service worker`` consumes."""
+
+    jobs_backend: Literal["background", "celery", "eager"] | None = None
+    """Where jobs run: ``celery`` if a broker is configured, else ``background`` (tasks of the
+    serving process, awaited at shutdown). ``eager`` runs them at once, after the commit (tests)."""
 
     def to_app_config(self) -> dict[str, object]:
         return {name.upper(): value for name, value in self.model_dump().items()}

@@ -12,8 +12,9 @@ from service.errors import ApiError
 from service.ledger import money
 from service.ledger.auth import authenticate, current_user, new_token
 from service.ledger.idempotency import idempotent
-from service.ledger.models import Account, Entry, User
+from service.ledger.models import Account, Entry, Statement, User
 from service.ledger.pagination import decode_cursor, keyset_page
+from service.ledger.statements import request_statement, statement_out
 from service.ledger.schemas import (
     AccountOut,
     AccountPage,
@@ -21,10 +22,12 @@ from service.ledger.schemas import (
     EntryPage,
     Movement,
     NewAccount,
+    NewStatement,
     NewTransfer,
     NewUser,
     NewUserOut,
     PageQuery,
+    StatementOut,
     TransferOut,
     UserOut,
 )
@@ -155,3 +158,28 @@ async def create_transfer(data: NewTransfer) -> Reply:
         return TransferOut.model_validate(record, from_attributes=True).model_dump(mode="json"), 201
 
     return await idempotent(user_id, work)
+
+
+@api.post("/accounts/<int:account_id>/statements")
+@validate_request(NewStatement)
+@validate_response(StatementOut, 202)
+async def create_statement(account_id: int, data: NewStatement) -> tuple[StatementOut, int]:
+    """Ask for a statement of the period; a job computes it once this request has committed."""
+    user_id = current_user().id
+    account = await money.owned_account(user_id, account_id)
+    statement = await request_statement(user_id, account.id, data.from_, data.to)
+    return statement_out(statement), 202
+
+
+@api.get("/statements/<int:statement_id>")
+@validate_response(StatementOut)
+async def get_statement(statement_id: int) -> StatementOut:
+    """A statement: ``pending``, ``ready`` with its figures, or ``failed`` with a reason."""
+    statement = None
+    if 0 < statement_id < 2**31:
+        statement = await Statement.query.filter_by(
+            id=statement_id, user_id=current_user().id
+        ).first()
+    if statement is None:
+        raise ApiError(404, "not_found", "No such statement.")
+    return statement_out(statement)

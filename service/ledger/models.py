@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -113,3 +114,29 @@ class IdempotencyKey(Model):
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Statement(Model):
+    """An account's figures over a period of days (UTC), computed by a job after the request."""
+
+    __tablename__ = "statements"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'ready', 'failed')", name="status_known"),
+        CheckConstraint("period_start <= period_end", name="period_ordered"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    """Inclusive: the period ends at the end of this day."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    opening_balance: Mapped[int | None] = mapped_column(Money)
+    closing_balance: Mapped[int | None] = mapped_column(Money)
+    total_in: Mapped[int | None] = mapped_column(Money)
+    total_out: Mapped[int | None] = mapped_column(Money)
+    entry_count: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

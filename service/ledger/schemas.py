@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import date, datetime, timedelta
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
 MAX_AMOUNT = 10**12
 
@@ -103,3 +103,38 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class Period(BaseModel):
+    """Days, inclusive, in UTC; written ``from`` and ``to`` (Python keywords, hence aliases)."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_by_alias=True, validate_by_name=True, serialize_by_alias=True
+    )
+
+    from_: date = Field(alias="from", examples=["2026-01-01"])
+    to: date = Field(le=date.max - timedelta(days=1), examples=["2026-01-31"])
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.to < self.from_:
+            raise ValueError("`to` must not be before `from`")
+        return self
+
+
+class NewStatement(Period):
+    pass
+
+
+class StatementOut(Period):
+    id: int
+    account_id: int
+    status: Literal["pending", "ready", "failed"]
+    opening_balance: int | None = Field(description="At the start of `from`; null until ready")
+    closing_balance: int | None = Field(description="At the end of `to`")
+    total_in: int | None
+    total_out: int | None = Field(description="Positive: what left the account")
+    entry_count: int | None
+    failure_reason: str | None
+    created_at: datetime
+    completed_at: datetime | None

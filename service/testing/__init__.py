@@ -11,6 +11,8 @@ enough. Every fixture is named ``service_*``:
   savepoints, so code that commits, rolls back or nests runs unchanged. Requests,
   in-process CLI commands and eager jobs all join it. The fixture's value is
   that connection: read what the code wrote through it.
+- ``service_cli``: ``await service_cli.invoke("users", "create", ...)`` runs a
+  command in-process, its unit of work joining the test's transaction.
 - ``service_queries``: ``with service_queries.at_most(3): ...`` fails and prints
   the SQL if the block runs more queries (N+1 queries).
 - ``service_on_commit``: ``with service_on_commit() as callbacks: ...`` captures
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from alembic.config import Config
+from click.testing import CliRunner, Result
 from quart import Quart
 from quart.typing import TestClientProtocol
 from sqlalchemy import MetaData, Table
@@ -50,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import sort_tables
 
 from alembic import command
+from service.cli import main, running_coroutines_with
 from service.db import make_engine
 from service.db.testing import (
     CapturedCallbacks,
@@ -59,7 +63,7 @@ from service.db.testing import (
     rolled_back,
 )
 
-__all__ = ["CaptureOnCommit", "Queries", "TestDatabase"]
+__all__ = ["CaptureOnCommit", "Cli", "Queries", "TestDatabase"]
 
 COMMITTING = "service_committing"
 
@@ -155,7 +159,10 @@ async def service_app(
 ) -> AsyncIterator[Quart]:
     """The app in testing mode on the test database, serving until the session ends."""
     factory = _load(pytestconfig.getini("service_app_factory"))
-    app = factory({"DATABASE_URL": service_database.url, "TESTING": True})
+    # Jobs run at once after the commit, in the committing task: they join the test's
+    # transaction like everything else, and are done when the request returns.
+    config = {"DATABASE_URL": service_database.url, "TESTING": True, "JOBS_BACKEND": "eager"}
+    app = factory(config)
     async with app.test_app():
         yield app
 
@@ -183,6 +190,36 @@ async def service_connection(
         return
     async with rolled_back(service_database.engine) as outer:
         yield outer
+
+
+class Cli:
+    """Invokes ``service`` commands in-process; their units of work join the test's transaction."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    async def invoke(self, *args: str, input: str | None = None) -> Result:
+        """Run ``service *args``: exit code, output and exception as ``click.testing`` has them."""
+        loop = asyncio.get_running_loop()
+
+        def on_the_tests_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+        with running_coroutines_with(on_the_tests_loop):
+            # click runs in a thread while this loop runs the command's coroutine.
+            return await asyncio.to_thread(
+                CliRunner().invoke,
+                main,
+                list(args),
+                input=input,
+                env={"DATABASE_URL": self.database_url},
+            )
+
+
+@pytest.fixture
+def service_cli(service_database: TestDatabase) -> Cli:
+    """``await service_cli.invoke("users", "create", ...)``: the CLI, in-process."""
+    return Cli(service_database.url)
 
 
 class Queries:

@@ -1,0 +1,192 @@
+"""The ``service`` command. Each command that uses the database is one unit of work.
+
+It commits when the command succeeds (exit status 0) and rolls back on an
+exception or a non-zero exit, with the same promise as a request: a command
+that failed wrote nothing. Serialization failures and deadlocks re-run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.db import make_engine, unit_of_work
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+_runner: Runner = asyncio.run
+
+
+@contextmanager
+def running_coroutines_with(runner: Runner) -> Iterator[None]:
+    """Run the commands' coroutines with ``runner`` instead of ``asyncio.run`` (tests).
+
+    The test plugin runs them on the test's own event loop, so that a command
+    invoked in-process joins the test's transaction.
+    """
+    global _runner
+    previous, _runner = _runner, runner
+    try:
+        yield
+    finally:
+        _runner = previous
+
+
+def in_unit_of_work(command: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """Make an async command body a click callback that runs as one unit of work."""
+
+    @functools.wraps(command)
+    def callback(*args: P.args, **kwargs: P.kwargs) -> T:
+        return _runner(_run_unit(command, *args, **kwargs))  # type: ignore[no-any-return]
+
+    return callback
+
+
+async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    engine = make_engine(Settings().database_url)
+    successful_exit: list[BaseException] = []
+
+    async def body() -> T | None:
+        try:
+            return await command(*args, **kwargs)
+        except (click.exceptions.Exit, SystemExit) as exit:
+            code = exit.exit_code if isinstance(exit, click.exceptions.Exit) else exit.code
+            if code not in (0, None):
+                raise  # a failure: roll back
+            successful_exit.append(exit)
+            return None
+
+    try:
+        result = await unit_of_work(bind=engine, retries=3)(body)()
+    finally:
+        await engine.dispose()
+    if successful_exit:
+        raise successful_exit[0]  # committed; now exit as asked
+    return result  # type: ignore[return-value]
+
+
+@click.group()
+def main() -> None:
+    """The ledger service: serve it, run its worker, manage its data."""
+
+
+@main.group()
+def users() -> None:
+    """Manage users."""
+
+
+@users.command("create")
+@click.option("--name", required=True)
+@click.option("--email", required=True)
+@in_unit_of_work
+async def create_user(name: str, email: str) -> None:
+    """Create a user and print their API token (shown this once)."""
+    from service.ledger.auth import new_token
+    from service.ledger.models import User
+    from service.ledger.schemas import NewUser
+
+    try:
+        data = NewUser(name=name, email=email)
+    except ValidationError as error:
+        raise click.BadParameter(_first_problem(error)) from None
+    email_key = data.email.lower()
+    if await User.query.filter_by(email_key=email_key).first() is not None:
+        raise click.ClickException(f"the email address {data.email} is already in use")
+    token, token_hash = new_token()
+    user = await User.create(
+        name=data.name, email=data.email, email_key=email_key, token_hash=token_hash
+    )
+    click.echo(f"user {user.id} created; their API token (shown this once):")
+    click.echo(token)
+
+
+@main.command("import-entries")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--account", "account_id", type=click.IntRange(1, 2**31 - 1), required=True)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="[default: on a terminal]")
+@in_unit_of_work
+async def import_entries(
+    file: Any, account_id: int, batch_size: int, progress: bool | None
+) -> None:
+    """Import deposits and withdrawals from a CSV FILE (kind,amount[,description]): all or none."""
+    from service.ledger.importer import ImportFailed
+    from service.ledger.importer import import_entries as run_import
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    lines = list(file) if progress else file
+    try:
+        if progress:
+            with click.progressbar(
+                length=max(len(lines) - 1, 0), label="Importing", file=sys.stderr
+            ) as bar:
+                done = await run_import(lines, account_id, batch_size=batch_size, progress=bar.update)
+        else:
+            done = await run_import(lines, account_id, batch_size=batch_size)
+    except ImportFailed as error:
+        raise click.ClickException(f"{error}; nothing was imported") from None
+    click.echo(
+        f"imported {done.entries} entries into account {account_id}: "
+        f"{done.deposited} in, {done.withdrawn} out, balance {done.balance}"
+    )
+
+
+@main.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+def upgrade() -> None:
+    """Apply the Alembic migrations up to the newest (DATABASE_URL)."""
+    from alembic import command
+    from alembic.config import Config
+
+    command.upgrade(Config(ROOT / "alembic.ini"), "head")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the API with Hypercorn."""
+    from hypercorn.config import Config
+    from hypercorn.run import run
+
+    config = Config()
+    config.application_path = "service.app:app"
+    config.bind = [f"{host}:{port}"]
+    config.workers = workers
+    sys.exit(run(config))
+
+
+@main.command()
+@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run the Celery worker for jobs (CELERY_BROKER_URL, CELERY_QUEUE)."""
+    from service.worker import celery_app
+
+    celery_app.worker_main(
+        ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "--pool=prefork"]
+    )
+
+
+def _first_problem(error: ValidationError) -> str:
+    item = error.errors(include_url=False)[0]
+    return f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"

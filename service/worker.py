@@ -1,0 +1,110 @@
+"""The Celery worker: ``service worker`` (``celery -A service.worker worker``).
+
+Every registered job (``service.jobs``) is a task of ``UnitOfWorkTask``, which
+runs its async body as a unit of work on the worker process's own event loop,
+with the process's own engine. The commit happens inside the task's call, so
+a failed commit fails the task; Celery's post-run hooks run only after the
+result is recorded, too late to change it. Forked worker processes start with
+an engine of their own and leave their parent's pooled connections alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import service.ledger.statements  # noqa: F401 - registers the ledger's jobs
+from service import jobs
+from service.config import Settings
+from service.db import make_engine
+
+__all__ = ["UnitOfWorkTask", "celery_app", "celery_for"]
+
+
+class _Process:
+    """This process's event loop and engine, made on first use."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    engine: AsyncEngine | None = None
+
+    @classmethod
+    def runtime(cls) -> tuple[asyncio.AbstractEventLoop, AsyncEngine]:
+        if cls.loop is None:
+            cls.loop = asyncio.new_event_loop()
+        if cls.engine is None:
+            cls.engine = make_engine(Settings().database_url)
+        return cls.loop, cls.engine
+
+
+@worker_process_init.connect
+def _forget_the_parents_connections(**_: Any) -> None:
+    # A forked child shares its parent's sockets: closing them here would cut the
+    # parent's connections, using them would interleave two processes' traffic.
+    if _Process.engine is not None:
+        _Process.engine.sync_engine.dispose(close=False)
+    _Process.engine = None
+    _Process.loop = None
+
+
+@worker_process_shutdown.connect
+def _dispose(**_: Any) -> None:
+    if _Process.loop is not None and _Process.engine is not None:
+        _Process.loop.run_until_complete(_Process.engine.dispose())
+        _Process.loop.close()
+    _Process.engine = _Process.loop = None
+
+
+class UnitOfWorkTask(Task[Any, Any]):
+    """A task whose async body runs as one unit of work, committed before the task returns.
+
+    An exception rolls the body back and fails the task; so does a failed commit.
+    Serialization failures and deadlocks re-run the body (``unit_retries``), and
+    ``on_job_failure`` (the job's ``on_failure``) then records a failure in a unit
+    of work of its own. The session is always removed.
+    """
+
+    unit_retries = 3
+    on_job_failure: jobs.FailureHandler | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        loop, engine = _Process.runtime()
+        if kwargs:
+            raise TypeError("jobs take positional arguments only")
+        job = jobs.Job(self.name, self.run, self.on_job_failure, self.unit_retries)
+        return loop.run_until_complete(jobs.execute(job, args, bind=engine))
+
+
+@functools.cache
+def celery_for(broker_url: str, queue: str) -> Celery:
+    """A Celery app on ``broker_url`` whose tasks are the registered jobs."""
+    celery = Celery("service", broker=broker_url, set_as_current=False)
+    celery.conf.update(
+        task_default_queue=queue,
+        task_ignore_result=True,  # the outcome is in the database (a statement's status)
+        task_acks_late=True,  # a job lost with its worker is delivered again
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    for job in jobs.registry.values():
+        celery.task(
+            name=job.name,
+            base=UnitOfWorkTask,
+            unit_retries=job.retries,
+            on_job_failure=job.on_failure,
+        )(job.body)
+    return celery
+
+
+def _from_settings() -> Celery:
+    settings = Settings()
+    return celery_for(settings.celery_broker_url or "redis://127.0.0.1:6379/0", settings.celery_queue)
+
+
+celery_app = _from_settings()
