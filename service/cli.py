@@ -50,14 +50,25 @@ def in_unit_of_work(command: Callable[P, Awaitable[T]]) -> Callable[P, T]:
 
     @functools.wraps(command)
     def callback(*args: P.args, **kwargs: P.kwargs) -> T:
-        return _runner(_run_unit(command, *args, **kwargs))  # type: ignore[no-any-return]
+        try:
+            return _runner(_run_unit(command, *args, **kwargs))  # type: ignore[no-any-return]
+        except _Exiting as exiting:
+            raise exiting.exit from None
 
     return callback
 
 
+class _Exiting(Exception):
+    """Carries an exit out of the event loop, which lets no ``SystemExit`` out cleanly."""
+
+    def __init__(self, exit: click.exceptions.Exit | SystemExit) -> None:
+        super().__init__(exit)
+        self.exit = exit
+
+
 async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     engine = make_engine(Settings().database_url)
-    successful_exit: list[BaseException] = []
+    successful_exit: list[click.exceptions.Exit | SystemExit] = []
 
     async def body() -> T | None:
         try:
@@ -65,7 +76,7 @@ async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs:
         except (click.exceptions.Exit, SystemExit) as exit:
             code = exit.exit_code if isinstance(exit, click.exceptions.Exit) else exit.code
             if code not in (0, None):
-                raise  # a failure: roll back
+                raise _Exiting(exit) from None  # a failure: roll back
             successful_exit.append(exit)
             return None
 
@@ -74,7 +85,7 @@ async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs:
     finally:
         await engine.dispose()
     if successful_exit:
-        raise successful_exit[0]  # committed; now exit as asked
+        raise _Exiting(successful_exit[0])  # committed; now exit as asked
     return result  # type: ignore[return-value]
 
 
