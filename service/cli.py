@@ -145,7 +145,9 @@ async def import_entries(
             with click.progressbar(
                 length=max(len(lines) - 1, 0), label="Importing", file=sys.stderr
             ) as bar:
-                done = await run_import(lines, account_id, batch_size=batch_size, progress=bar.update)
+                done = await run_import(
+                    lines, account_id, batch_size=batch_size, progress=bar.update
+                )
         else:
             done = await run_import(lines, account_id, batch_size=batch_size)
     except ImportFailed as error:
@@ -164,8 +166,9 @@ def db() -> None:
 @db.command("upgrade")
 def upgrade() -> None:
     """Apply the Alembic migrations up to the newest (DATABASE_URL)."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     command.upgrade(Config(ROOT / "alembic.ini"), "head")
 

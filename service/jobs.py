@@ -49,7 +49,7 @@ class Job:
     name: str
     body: Body
     on_failure: FailureHandler | None = None
-    """Called with the job's arguments and the error, in a unit of work of its own."""
+    """Called with the job's arguments and ``error=``, in a unit of work of its own."""
     retries: int = 3
 
 
@@ -84,7 +84,7 @@ async def execute(job: Job, args: tuple[Any, ...], *, bind: Bind | None = None) 
         await unit_of_work(bind=bind, retries=job.retries)(job.body)(*args)
     except Exception as error:
         if job.on_failure is not None:
-            await unit_of_work(bind=bind, retries=job.retries)(job.on_failure)(*args, error)
+            await unit_of_work(bind=bind, retries=job.retries)(job.on_failure)(*args, error=error)
         raise
 
 

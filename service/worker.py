@@ -63,19 +63,16 @@ class UnitOfWorkTask(Task[Any, Any]):
     """A task whose async body runs as one unit of work, committed before the task returns.
 
     An exception rolls the body back and fails the task; so does a failed commit.
-    Serialization failures and deadlocks re-run the body (``unit_retries``), and
-    ``on_job_failure`` (the job's ``on_failure``) then records a failure in a unit
-    of work of its own. The session is always removed.
+    Serialization failures and deadlocks re-run the body, and a registered job's
+    ``on_failure`` then records the failure in a unit of work of its own. The
+    session is always removed.
     """
-
-    unit_retries = 3
-    on_job_failure: jobs.FailureHandler | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         loop, engine = _Process.runtime()
         if kwargs:
             raise TypeError("jobs take positional arguments only")
-        job = jobs.Job(self.name, self.run, self.on_job_failure, self.unit_retries)
+        job = jobs.registry.get(self.name) or jobs.Job(self.name, self.run)
         return loop.run_until_complete(jobs.execute(job, args, bind=engine))
 
 
@@ -93,18 +90,15 @@ def celery_for(broker_url: str, queue: str) -> Celery:
         worker_hijack_root_logger=False,
     )
     for job in jobs.registry.values():
-        celery.task(
-            name=job.name,
-            base=UnitOfWorkTask,
-            unit_retries=job.retries,
-            on_job_failure=job.on_failure,
-        )(job.body)
+        celery.task(name=job.name, base=UnitOfWorkTask)(job.body)
     return celery
 
 
 def _from_settings() -> Celery:
     settings = Settings()
-    return celery_for(settings.celery_broker_url or "redis://127.0.0.1:6379/0", settings.celery_queue)
+    return celery_for(
+        settings.celery_broker_url or "redis://127.0.0.1:6379/0", settings.celery_queue
+    )
 
 
 celery_app = _from_settings()

@@ -18,7 +18,6 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.cli import in_unit_of_work, running_coroutines_with
-
 from service.ledger.models import Account, Entry, User
 from service.testing import Cli
 from service.testing.factories import AccountFactory, UserFactory

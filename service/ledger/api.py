@@ -14,7 +14,6 @@ from service.ledger.auth import authenticate, current_user, new_token
 from service.ledger.idempotency import idempotent
 from service.ledger.models import Account, Entry, Statement, User
 from service.ledger.pagination import decode_cursor, keyset_page
-from service.ledger.statements import request_statement, statement_out
 from service.ledger.schemas import (
     AccountOut,
     AccountPage,
@@ -31,6 +30,7 @@ from service.ledger.schemas import (
     TransferOut,
     UserOut,
 )
+from service.ledger.statements import request_statement, statement_out
 
 api = Blueprint("ledger", __name__)
 

@@ -43,7 +43,7 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), UTC)
 
 
-async def mark_failed(statement_id: int, error: Exception) -> None:
+async def mark_failed(statement_id: int, *, error: Exception) -> None:
     """The job's failure handler, in a unit of work of its own: the figures stay empty."""
     reason = (
         "The database failed while computing the statement."

@@ -1,0 +1,215 @@
+"""Jobs on Celery: a real ``service worker`` on Redis, started here; and eager tasks in addition.
+
+Redis is a real component of this suite: with ``CI=true`` an unreachable one
+fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from quart.typing import TestClientProtocol as Client
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import worker
+from service.app import create_app
+from service.db import unit_of_work
+from service.jobs import job
+from service.ledger.models import Statement
+from service.testing.factories import AccountFactory, UserFactory
+from tests.db.models import Part
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@job()
+async def add_an_orphan_part() -> None:
+    """Its foreign key is checked at COMMIT: a job whose commit fails."""
+    await Part(widget_id=2_000_000_000).save()
+
+
+@dataclass(frozen=True)
+class Broker:
+    url: str
+    queue: str
+
+
+@pytest.fixture
+def broker() -> Broker:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable (CI=true: a failure): {error}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {error}")
+    return Broker(REDIS_URL, f"test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+async def worker_process(broker: Broker, service_database_url: str) -> AsyncIterator[None]:
+    """``service worker``, two forked processes, consuming the test's own queue."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "service"),
+        "worker",
+        "--concurrency=2",
+        env={
+            **os.environ,
+            "DATABASE_URL": service_database_url,
+            "CELERY_BROKER_URL": broker.url,
+            "CELERY_QUEUE": broker.queue,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not any(" ready." in line for line in seen):
+                line = (await process.stdout.readline()).decode()
+                assert line, "the worker exited:\n" + "".join(seen)
+                seen.append(line)
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)  # warm shutdown
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.service_committing
+@pytest.mark.usefixtures("worker_process")
+async def test_a_real_worker_computes_a_statement_end_to_end(
+    broker: Broker, service_database_url: str
+) -> None:
+    app = create_app(
+        {
+            "DATABASE_URL": service_database_url,
+            "CELERY_BROKER_URL": broker.url,
+            "CELERY_QUEUE": broker.queue,
+            "JOBS_BACKEND": None,  # chosen from the broker: celery
+        }
+    )
+    async with app.test_app():
+        client: Client = app.test_client()
+        user = await client.post("/users", json={"name": "Ada", "email": "ada@example.com"})
+        headers = {"Authorization": f"Bearer {(await user.get_json())['token']}"}
+        account = (
+            await (
+                await client.post(
+                    "/accounts", json={"name": "M", "currency": "USD"}, headers=headers
+                )
+            ).get_json()
+        )["id"]
+        await client.post(f"/accounts/{account}/deposits", json={"amount": 250}, headers=headers)
+        asked = await client.post(
+            f"/accounts/{account}/statements",
+            json={"from": "2000-01-01", "to": "2999-12-31"},
+            headers=headers,
+        )
+        assert asked.status_code == 202
+        statement_id = (await asked.get_json())["id"]
+
+        body: dict[str, Any] = {"status": "pending"}
+        async with asyncio.timeout(30):
+            while body["status"] == "pending":
+                await asyncio.sleep(0.1)
+                response = await client.get(f"/statements/{statement_id}", headers=headers)
+                body = await response.get_json()
+
+    assert body["status"] == "ready", body
+    assert (body["total_in"], body["closing_balance"], body["entry_count"]) == (250, 250, 1)
+
+
+@pytest.fixture
+def eager(
+    broker: Broker, service_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """A Celery app of the worker's making that runs tasks in the caller (``task_always_eager``)."""
+    monkeypatch.setenv("DATABASE_URL", service_database_url)
+    celery = worker.celery_for.__wrapped__(broker.url, broker.queue)
+    celery.conf.task_always_eager = True
+    yield celery
+    worker._dispose()  # this process's loop and engine, as a worker process's shutdown does
+
+
+async def _pending_statement() -> int:
+    async with unit_of_work():
+        user = await UserFactory.create_async()
+        account = await AccountFactory.create_async(user_id=user.id)
+        statement = await Statement.create(
+            user_id=user.id, account_id=account.id, period_start=_day(), period_end=_day()
+        )
+    return statement.id
+
+
+def _day() -> Any:
+    from datetime import date
+
+    return date(2026, 1, 1)
+
+
+async def _status(engine: AsyncEngine, statement_id: int) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.scalar(select(Statement.status).filter_by(id=statement_id))
+
+
+@pytest.mark.service_committing
+async def test_an_eager_task_commits_inside_the_task(
+    eager: Any, service_engine: AsyncEngine
+) -> None:
+    statement_id = await _pending_statement()
+    task = eager.tasks["service.ledger.statements.compute_statement"]
+
+    result = await asyncio.to_thread(task.apply, args=[statement_id])
+
+    assert result.successful(), result.traceback
+    assert await _status(service_engine, statement_id) == "ready"
+
+
+@pytest.mark.service_committing
+async def test_a_task_whose_body_fails_fails_and_records_the_failure_apart(
+    eager: Any, service_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statement_id = await _pending_statement()
+    write = Statement.update
+
+    async def write_then_fail(self: Statement, **values: Any) -> Statement:
+        await write(self, **values)
+        if values.get("status") == "ready":
+            raise RuntimeError("died after writing")
+        return self
+
+    monkeypatch.setattr(Statement, "update", write_then_fail)
+    task = eager.tasks["service.ledger.statements.compute_statement"]
+
+    result = await asyncio.to_thread(task.apply, args=[statement_id])
+
+    assert result.failed()
+    assert await _status(service_engine, statement_id) == "failed"
+
+
+@pytest.mark.service_committing
+async def test_a_failed_commit_fails_the_task(eager: Any, service_engine: AsyncEngine) -> None:
+    task = eager.tasks[f"{__name__}.add_an_orphan_part"]
+
+    result = await asyncio.to_thread(task.apply)
+
+    assert result.failed()
+    assert isinstance(result.result, IntegrityError)
+    async with service_engine.connect() as connection:
+        assert (await connection.scalars(select(Part.id))).all() == []
