@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/uow_instructions.py
 	$(BIN)/python bench/ledger_load.py
 	$(BIN)/python bench/isolation.py
+	$(BIN)/python bench/import_entries.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

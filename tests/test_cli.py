@@ -92,7 +92,7 @@ async def test_import_entries_applies_every_row_in_order(
         (["deposit,10,", "deposit,1.5,"], "line 3: amount: Input should be a valid integer"),
         (["deposit,10,", "gift,5,"], "line 3: kind: Input should be 'deposit' or 'withdrawal'"),
         (["deposit,10,", "withdrawal,11,"], "line 3: insufficient funds"),
-        (["deposit,10,", "deposit,,"], "line 3: amount: Field required"),
+        (["deposit,10,", "deposit,,"], "line 3: amount: Input should be a valid integer"),
         (["deposit,10,", "deposit,5,a,b"], "line 3: more fields than the header names"),
         (["deposit,10,", f"deposit,{10**12 + 1},"], "line 3: amount: Input should be less"),
     ],
@@ -224,3 +224,16 @@ async def test_a_command_that_exits_commits_only_on_status_0(
     async with service_engine.connect() as connection:
         names = (await connection.scalars(select(Widget.name))).all()
     assert names == ([f"exit {code}"] if kept else [])
+
+
+async def test_the_import_shows_a_progress_bar_when_asked(service_cli: Cli, tmp_path: Path) -> None:
+    user = await UserFactory.create_async()
+    account = await AccountFactory.create_async(user_id=user.id)
+    file = _csv(tmp_path / "p.csv", *(f"deposit,{n}," for n in range(1, 50)))
+
+    result = await service_cli.invoke(
+        "import-entries", file, "--account", str(account.id), "--progress"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Importing" in result.stderr and "100%" in result.stderr

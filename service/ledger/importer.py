@@ -5,18 +5,22 @@ The file has a header line and the columns ``kind`` (``deposit`` or
 ``description``. Rows are validated and applied in order, keeping the running
 balance; the first bad row stops the import with its line number, and the unit
 of work it runs in writes nothing. Entries are inserted ``batch_size`` at a
-time through the session (an executemany each), not one round trip per row.
+time through the session (an executemany each), not one round trip per row,
+and the next batch is parsed while the database takes the last one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from operator import itemgetter
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import insert
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy import Table, insert
 
 from service.db import session
 from service.ledger.models import Account, Entry, utcnow
@@ -30,12 +34,12 @@ class ImportFailed(Exception):
     """The file cannot be imported; nothing was written."""
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Kind = Literal["deposit", "withdrawal"]
+CsvAmount = Annotated[int, Field(gt=0, le=MAX_AMOUNT)]  # from text: "12" yes, "1.5" no
+_Row = tuple[Kind, CsvAmount, Description]
 
-    kind: Literal["deposit", "withdrawal"]
-    amount: Annotated[int, Field(gt=0, le=MAX_AMOUNT)]  # from text: "12" yes, "1.5" no
-    description: Description | None = None
+# One call validates a whole batch of (kind, amount, description) rows.
+_ROWS = TypeAdapter(list[_Row])
 
 
 @dataclass(frozen=True)
@@ -57,64 +61,147 @@ async def import_entries(
     account = await Account.query.filter_by(id=account_id).with_for_update().first()
     if account is None:
         raise ImportFailed(f"there is no account {account_id}")
-    reader = csv.DictReader(lines)
-    columns = set(reader.fieldnames or ())
-    if not REQUIRED <= columns or not columns <= set(COLUMNS):
+    reader = csv.reader(lines)
+    columns = _columns(next(reader, []))
+    width = len(columns)
+    pick = _picker(columns)
+    totals = _Totals(account.id, account.balance, utcnow())
+    inserts = _Inserts(totals.account_id, totals.now, progress)
+    raw: list[tuple[str, str, str]] = []
+    numbers: list[int] = []
+    try:
+        for fields in reader:
+            if len(fields) != width:
+                if len(fields) > width:
+                    await _apply(totals, raw, numbers, inserts)  # an earlier line may fail first
+                    raise ImportFailed(f"line {reader.line_num}: more fields than the header names")
+                fields += [""] * (width - len(fields))
+            raw.append(pick(fields))
+            numbers.append(reader.line_num)
+            if len(raw) >= batch_size:
+                await _apply(totals, raw, numbers, inserts)
+        await _apply(totals, raw, numbers, inserts)
+    finally:
+        await inserts.finish()
+    await account.update(balance=totals.balance)
+    return Imported(totals.count, totals.deposited, totals.withdrawn, totals.balance)
+
+
+def _picker(columns: list[str]) -> Callable[[list[str]], tuple[str, str, str]]:
+    """Takes (kind, amount, description) out of a line's fields, in the header's order."""
+    if "description" not in columns:
+        kind, amount = columns.index("kind"), columns.index("amount")
+        return lambda fields: (fields[kind], fields[amount], "")
+    return itemgetter(*(columns.index(name) for name in COLUMNS))
+
+
+def _columns(header: list[str]) -> list[str]:
+    columns = [name.strip() for name in header]
+    if not REQUIRED <= set(columns) <= set(COLUMNS) or len(set(columns)) != len(columns):
         raise ImportFailed(
-            f"line 1: the header must name the columns kind,amount[,description], "
-            f"not {','.join(reader.fieldnames or ())!r}"
+            "line 1: the header must name the columns kind,amount[,description], "
+            f"not {','.join(header)!r}"
         )
-    balance, deposited, withdrawn, count = account.balance, 0, 0, 0
-    now = utcnow()
-    batch: list[dict[str, Any]] = []
-    for fields in reader:
-        row = _parse(fields, reader.line_num)
-        if row.kind == "deposit":
-            balance += row.amount
-            deposited += row.amount
+    return columns
+
+
+@dataclass
+class _Totals:
+    account_id: int
+    balance: int
+    now: datetime
+    count: int = 0
+    deposited: int = 0
+    withdrawn: int = 0
+
+
+class _Inserts:
+    """Inserts one batch while the next one is read and validated.
+
+    The session's executemany waits on the database (SQLite's thread, or the
+    network) while this task goes on parsing; a batch starts only once the one
+    before it is done, so the session is never used by two tasks at a time.
+    """
+
+    def __init__(
+        self, account_id: int, now: datetime, progress: Callable[[int], None] | None
+    ) -> None:
+        self._session = session()  # looked up here, in the unit of work's own task
+        # What every row shares is bound once, not converted again for each row.
+        self._statement = insert(cast(Table, Entry.__table__)).values(
+            account_id=account_id, created_at=now
+        )
+        self._progress = progress
+        self._pending: asyncio.Future[Any] | None = None
+        self._size = 0
+
+    async def start(self, entries: list[dict[str, Any]]) -> None:
+        await self._wait()
+        # A Core insert of the table, in the session's transaction: one executemany,
+        # without the ORM's per-row bookkeeping for objects nobody will use.
+        self._pending = asyncio.ensure_future(self._session.execute(self._statement, entries))
+        self._size = len(entries)
+        await asyncio.sleep(0)  # let it reach the database before parsing on
+
+    async def finish(self) -> None:
+        await self._wait()
+
+    async def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+            if self._progress is not None:
+                self._progress(self._size)
+
+
+async def _apply(
+    totals: _Totals,
+    raw: list[tuple[str, str, str]],
+    numbers: list[int],
+    inserts: _Inserts,
+) -> None:
+    """Validate a batch in one call, apply it in order, insert it; then empty it."""
+    if not raw:
+        return
+    try:
+        rows, failure = _ROWS.validate_python(raw), None
+    except ValidationError as error:
+        first = min(int(item["loc"][0]) for item in error.errors())
+        rows, failure = _ROWS.validate_python(raw[:first]), _problem(error, first, numbers[first])
+    entries = []
+    for (kind, amount, description), line in zip(rows, numbers, strict=False):
+        if kind == "deposit":
+            totals.balance += amount
+            totals.deposited += amount
         else:
-            if row.amount > balance:
+            if amount > totals.balance:
                 raise ImportFailed(
-                    f"line {reader.line_num}: insufficient funds: withdrawing {row.amount} "
-                    f"from a balance of {balance}"
+                    f"line {line}: insufficient funds: withdrawing {amount} "
+                    f"from a balance of {totals.balance}"
                 )
-            balance -= row.amount
-            withdrawn += row.amount
-        batch.append(
+            totals.balance -= amount
+            totals.withdrawn += amount
+            amount = -amount
+        entries.append(
             {
-                "account_id": account.id,
-                "amount": row.amount if row.kind == "deposit" else -row.amount,
-                "balance_after": balance,
-                "kind": row.kind,
-                "description": row.description,
-                "created_at": now,
+                "amount": amount,
+                "balance_after": totals.balance,
+                "kind": kind,
+                "description": description or None,
             }
         )
-        count += 1
-        if len(batch) >= batch_size:
-            await _insert(batch, progress)
-    if batch:
-        await _insert(batch, progress)
-    await account.update(balance=balance)
-    return Imported(count, deposited, withdrawn, balance)
+    if failure is not None:
+        raise failure
+    await inserts.start(entries)
+    totals.count += len(entries)
+    raw.clear()
+    numbers.clear()
 
 
-def _parse(fields: dict[str | Any, Any], line: int) -> _Row:
-    if None in fields:
-        raise ImportFailed(f"line {line}: more fields than the header names")
-    values = {name: value for name, value in fields.items() if value not in ("", None)}
-    try:
-        return _Row.model_validate(values)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False)
-        )
-        raise ImportFailed(f"line {line}: {problems}") from None
-
-
-async def _insert(batch: list[dict[str, Any]], progress: Callable[[int], None] | None) -> None:
-    await session.execute(insert(Entry), batch)
-    if progress is not None:
-        progress(len(batch))
-    batch.clear()
+def _problem(error: ValidationError, index: int, line: int) -> ImportFailed:
+    problems = "; ".join(
+        f"{COLUMNS[int(item['loc'][1])]}: {item['msg']}"
+        for item in error.errors(include_url=False)
+        if item["loc"][0] == index
+    )
+    return ImportFailed(f"line {line}: {problems}")
