@@ -117,6 +117,27 @@ async def test_08_and_its_tables_are_emptied_after_it(service_connection):
 async def test_09_the_schema_is_built_by_the_migrations(service_connection):
     version = await service_connection.scalar(text("SELECT version_num FROM alembic_version"))
     assert version == "{HEAD}"
+
+
+async def test_10_cli_commands_and_eager_jobs_join_the_test_transaction(
+    service_cli, service_client, service_connection
+):
+    created = await service_cli.invoke("users", "create", "--name", "C", "--email", "c@x.org")
+    assert created.exit_code == 0, created.output
+    headers = {{"Authorization": f"Bearer {{created.output.splitlines()[-1]}}"}}
+    account = await service_client.post("/accounts", json={{"name": "M", "currency": "USD"}}, headers=headers)
+    account_id = (await account.get_json())["id"]
+    asked = await service_client.post(
+        f"/accounts/{{account_id}}/statements", json={{"from": "2026-01-01", "to": "2026-01-02"}}, headers=headers
+    )
+    statement = await service_client.get(f"/statements/{{(await asked.get_json())['id']}}", headers=headers)
+    assert (await statement.get_json())["status"] == "ready"  # the job ran after the commit
+    assert await count_users(service_connection) == 1
+
+
+async def test_11_and_leave_nothing_behind(service_connection):
+    statements = await service_connection.scalar(text("SELECT count(*) FROM statements"))
+    assert (await count_users(service_connection), statements) == (0, 0)
 '''
 
 
@@ -176,7 +197,7 @@ async def test_handler_tests_are_isolated_and_get_the_plugins_tools(
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
 
-    result.assert_outcomes(passed=8, failed=1)
+    result.assert_outcomes(passed=10, failed=1)
     result.stdout.fnmatch_lines(["*test_06_a_query_count_over_the_limit_fails* FAILED*"])
     result.stdout.fnmatch_lines(
         [
