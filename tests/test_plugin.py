@@ -125,12 +125,15 @@ async def test_10_cli_commands_and_eager_jobs_join_the_test_transaction(
     created = await service_cli.invoke("users", "create", "--name", "C", "--email", "c@x.org")
     assert created.exit_code == 0, created.output
     headers = {{"Authorization": f"Bearer {{created.output.splitlines()[-1]}}"}}
-    account = await service_client.post("/accounts", json={{"name": "M", "currency": "USD"}}, headers=headers)
+    new = {{"name": "M", "currency": "USD"}}
+    account = await service_client.post("/accounts", json=new, headers=headers)
     account_id = (await account.get_json())["id"]
+    period = {{"from": "2026-01-01", "to": "2026-01-02"}}
     asked = await service_client.post(
-        f"/accounts/{{account_id}}/statements", json={{"from": "2026-01-01", "to": "2026-01-02"}}, headers=headers
+        f"/accounts/{{account_id}}/statements", json=period, headers=headers
     )
-    statement = await service_client.get(f"/statements/{{(await asked.get_json())['id']}}", headers=headers)
+    statement_id = (await asked.get_json())["id"]
+    statement = await service_client.get(f"/statements/{{statement_id}}", headers=headers)
     assert (await statement.get_json())["status"] == "ready"  # the job ran after the commit
     assert await count_users(service_connection) == 1
 
