@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, make_url, select, text, update
+from sqlalchemy import Table, delete, func, insert, make_url, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,7 +81,7 @@ async def _import(engine: AsyncEngine, path: Path) -> float:
 async def _core(engine: AsyncEngine, entries: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
     async with engine.begin() as connection:
-        await connection.execute(insert(Entry.__table__), entries)
+        await connection.execute(insert(cast(Table, Entry.__table__)), entries)
     return time.perf_counter() - started
 
 
