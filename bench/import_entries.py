@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, make_url, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.databases import ensure_postgres_database  # noqa: E402
 from service.db import Model, make_engine, unit_of_work  # noqa: E402
 from service.ledger.importer import import_entries  # noqa: E402
 from service.ledger.models import Account, Entry, User, utcnow  # noqa: E402
@@ -127,26 +128,12 @@ async def measure(url: str, path: Path, entries: list[dict[str, Any]], rounds: i
         await engine.dispose()
 
 
-async def _create_postgres_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": parsed.database}
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    finally:
-        await admin.dispose()
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    await _create_postgres_database(POSTGRES_URL)
+    await ensure_postgres_database(POSTGRES_URL)
     failed = False
     print(f"{options.rows} rows, one transaction, median of {options.rounds} rounds")
     print(f"{'database':<11} {'import':>9} {'core':>9} {'rows/s import':>14} {'ratio':>6}  verdict")

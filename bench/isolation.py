@@ -31,11 +31,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, make_url, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.databases import ensure_postgres_database  # noqa: E402
 from service.db import Model, make_engine, unit_of_work  # noqa: E402
 from service.db.testing import rolled_back  # noqa: E402
 from service.ledger.models import Account  # noqa: E402
@@ -113,27 +114,12 @@ async def measure(url: str, tests: int, rounds: int) -> list[tuple[str, float, f
         await engine.dispose()
 
 
-async def _create_postgres_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                {"name": parsed.database},
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    finally:
-        await admin.dispose()
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=30, help="tests per round and side")
     parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
-    await _create_postgres_database(POSTGRES_URL)
+    await ensure_postgres_database(POSTGRES_URL)
     failed = False
     print(f"per-test cost, median of {options.rounds} rounds of {options.tests} tests")
     print(f"{'database':<11} {'test':<13} {'rollback':>10} {'naive':>10} {'speed-up':>9}  verdict")

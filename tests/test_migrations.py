@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.databases import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 LEDGER_TABLES = {"accounts", "entries", "idempotency_keys", "transfers", "users"}
@@ -47,18 +49,8 @@ async def empty_database(service_database_url: str, tmp_path: Path) -> AsyncIter
     if service_database_url.startswith("sqlite"):
         yield f"sqlite+aiosqlite:///{tmp_path}/var/migrated.db"  # created by the upgrade
         return
-    url = make_url(service_database_url)
-    name = f"{url.database}_migrations"
-    admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with scratch_postgres_database(service_database_url, "migrations") as url:
+        yield url
 
 
 async def test_upgrade_builds_the_schema_the_models_describe(empty_database: str) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.databases import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
@@ -154,20 +156,9 @@ async def plugin_database(
         monkeypatch.setenv("TEST_DATABASE_URL", url)
         yield url
         return
-    parsed = make_url(service_database_url)
-    name = f"{parsed.database}_plugin"
-    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = parsed.set(database=name).render_as_string(hide_password=False)
-    monkeypatch.setenv("TEST_DATABASE_URL", url)
-    try:
+    async with scratch_postgres_database(service_database_url, "plugin") as url:
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
         yield url
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 def _configure(pytester: pytest.Pytester, *, loop_scope: str = "session") -> None:
