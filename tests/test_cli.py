@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
-from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.cli import in_unit_of_work, running_coroutines_with
 from service.ledger.models import Account, Entry, User
 from service.testing import Cli
 from service.testing.factories import AccountFactory, UserFactory
 from tests.db.models import Widget
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _count(connection: AsyncConnection, model: type[User] | type[Entry]) -> int:
@@ -237,3 +244,46 @@ async def test_the_import_shows_a_progress_bar_when_asked(service_cli: Cli, tmp_
 
     assert result.exit_code == 0, result.output
     assert "Importing" in result.stderr  # click draws the bar itself on a terminal only
+
+
+@pytest.mark.service_committing  # databases of their own
+async def test_db_upgrade_migrates_and_serve_serves(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/served.db"
+    code, output = await _service("db", "upgrade", database_url=url)
+    assert code == 0, output
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    await engine.dispose()
+    assert version == ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
+
+    port = _free_port()
+    server = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "service"),
+        "serve",
+        "--port",
+        str(port),
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        response = await http.get(f"http://127.0.0.1:{port}/readyz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+        assert (response.status_code, response.json()) == (200, {"status": "ready"})
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 15)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
