@@ -213,3 +213,46 @@ async def test_a_failed_commit_fails_the_task(eager: Any, service_engine: AsyncE
     assert isinstance(result.result, IntegrityError)
     async with service_engine.connect() as connection:
         assert (await connection.scalars(select(Part.id))).all() == []
+
+
+FORK = """
+import os, sys
+from celery.signals import worker_process_init
+from sqlalchemy import text
+from service.worker import _Process
+
+async def backend_pid(engine):
+    async with engine.connect() as connection:
+        query = "SELECT pg_backend_pid()" if engine.dialect.name == "postgresql" else "SELECT 1"
+        return await connection.scalar(text(query))
+
+loop, engine = _Process.runtime()
+before = loop.run_until_complete(backend_pid(engine))  # the pool keeps this connection
+child = os.fork()
+if child == 0:
+    worker_process_init.send(sender=None)  # what Celery sends in a new worker process
+    child_loop, child_engine = _Process.runtime()
+    assert child_engine is not engine
+    mine = child_loop.run_until_complete(backend_pid(child_engine))
+    os._exit(0 if engine.dialect.name != "postgresql" or mine != before else 3)
+_, status = os.waitpid(child, 0)
+after = loop.run_until_complete(backend_pid(engine))  # the parent's connection still works
+print("child", os.waitstatus_to_exitcode(status), "same connection", after == before)
+"""
+
+
+@pytest.mark.service_committing  # the processes need connections of their own
+async def test_a_forked_worker_process_leaves_its_parents_connections_alone(
+    service_database_url: str,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FORK,
+        env={**os.environ, "DATABASE_URL": service_database_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()
+    assert "child 0 same connection True" in output.decode()
