@@ -16,5 +16,14 @@ class Settings(BaseSettings):
     readiness_timeout: float = 2.0
     """Seconds ``/readyz`` waits for the database before answering 503."""
 
+    database_connect_timeout: float = 5.0
+    """Seconds to open a database connection before the request answers 503 (PostgreSQL)."""
+
+    database_command_timeout: float = 30.0
+    """Seconds one statement may take before the request answers 503 (PostgreSQL)."""
+
+    database_pool_timeout: float = 10.0
+    """Seconds a request waits for a pooled connection before it answers 503."""
+
     def to_app_config(self) -> dict[str, object]:
         return {name.upper(): value for name, value in self.model_dump().items()}

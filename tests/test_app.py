@@ -69,6 +69,24 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert create_app().config["DATABASE_URL"] == "sqlite+aiosqlite:///var/service.db"
 
 
+def test_the_database_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = create_app().config
+    assert (
+        defaults["DATABASE_CONNECT_TIMEOUT"],
+        defaults["DATABASE_COMMAND_TIMEOUT"],
+        defaults["DATABASE_POOL_TIMEOUT"],
+    ) == (5.0, 30.0, 10.0)
+    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "1.5")
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "4")
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "2")
+    config = create_app().config
+    assert (
+        config["DATABASE_CONNECT_TIMEOUT"],
+        config["DATABASE_COMMAND_TIMEOUT"],
+        config["DATABASE_POOL_TIMEOUT"],
+    ) == (1.5, 4.0, 2.0)
+
+
 async def test_serving_creates_no_tables(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
     app = create_app({"DATABASE_URL": url})

@@ -17,16 +17,35 @@ __all__ = ["make_engine"]
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str | URL, **options: Any) -> AsyncEngine:
+def make_engine(
+    url: str | URL,
+    *,
+    connect_timeout: float | None = None,
+    command_timeout: float | None = None,
+    **options: Any,
+) -> AsyncEngine:
     """Create an async engine for ``url``; ``options`` go to ``create_async_engine``.
 
     Call it when serving starts, never at import: an engine belongs to the
     event loop it was first used on. A SQLite file URL gets its directory
     created, foreign keys enforced, WAL, a busy timeout and a BEGIN of our own
     (see ``_sqlite_begin``).
+
+    A database server is one that can go away. Its pooled connections are
+    checked before use (``pool_pre_ping``), so one the server dropped is
+    replaced instead of failing a request; and with asyncpg, ``connect_timeout``
+    and ``command_timeout`` (seconds) bound how long a connection attempt and a
+    statement may take, so that a database that does not answer fails the
+    request instead of hanging it. SQLite has neither: it waits for its write
+    lock by its busy timeout.
     """
     url = make_url(url)
     if url.get_backend_name() != "sqlite":
+        options.setdefault("pool_pre_ping", True)
+        if url.get_driver_name() == "asyncpg":
+            timeouts = {"timeout": connect_timeout, "command_timeout": command_timeout}
+            connect_args = {name: value for name, value in timeouts.items() if value is not None}
+            options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
         return create_async_engine(url, **options)
     if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
         raise ValueError(
