@@ -28,8 +28,8 @@ _TIMEOUT_OPTIONS = {
     "DATABASE_COMMAND_TIMEOUT": "command_timeout",
     "DATABASE_POOL_TIMEOUT": "pool_timeout",
 }
-# SQLSTATEs a driver raises unwrapped when it cannot connect: connection exception (class 08),
-# administrator or crash shutdown, and "the database system is starting up / shutting down".
+# SQLSTATEs of a database that cannot be reached: connection exception (class 08), administrator
+# or crash shutdown, and "the database system is starting up / shutting down".
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
@@ -204,7 +204,15 @@ async def _unavailable(error: Exception) -> ResponseTypes:
 def _unreachable(error: BaseException) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError):
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
         return True
-    sqlstate = getattr(error, "sqlstate", None)  # a driver error SQLAlchemy did not wrap (asyncpg)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    # The driver's own error, raised as is or wrapped (a plain DBAPIError) by SQLAlchemy.
+    cause: BaseException | None = error
+    while cause is not None:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(cause, OSError) or (
+            isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+        ):
+            return True
+        cause = cause.__cause__
+    return False

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from quart import Quart
+from sqlalchemy.exc import DBAPIError
 
 from service.db import Database
 from service.errors import register_error_handlers
@@ -82,6 +83,7 @@ async def test_no_pooled_connection_in_time_answers_503_and_the_holder_still_com
 
 
 @pytest.mark.committing
+@pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize(
     "error",
     [
@@ -90,16 +92,34 @@ async def test_no_pooled_connection_in_time_answers_503_and_the_holder_still_com
     ],
 )
 async def test_a_drivers_own_connection_error_answers_503(
-    database_url: str, serve: Serve, error: Exception
+    database_url: str, serve: Serve, error: Exception, wrapped: bool
 ) -> None:
-    # Raised unwrapped by asyncpg while connecting to a server that starts or stops.
+    # asyncpg raises these while connecting to a server that starts or stops: as they are,
+    # or wrapped by SQLAlchemy in a plain DBAPIError that says nothing of a connection.
     app = make_test_app({"DATABASE_URL": database_url})
 
     @app.get("/connecting")
     async def connecting() -> dict[str, str]:
+        if wrapped:
+            raise DBAPIError("SELECT 1", None, error) from error
         raise error
 
     response = await (await serve(app)).get("/connecting")
 
     assert response.status_code == 503
     assert _error(await response.get_json())["code"] == "service_unavailable"
+
+
+@pytest.mark.committing
+async def test_another_database_error_is_still_a_500(database_url: str, serve: Serve) -> None:
+    app = make_test_app({"DATABASE_URL": database_url})
+
+    @app.get("/refused")
+    async def refused() -> dict[str, str]:
+        error = asyncpg.exceptions.UniqueViolationError("duplicate key")
+        raise DBAPIError("INSERT", None, error) from error
+
+    response = await (await serve(app)).get("/refused")
+
+    assert response.status_code == 500
+    assert _error(await response.get_json())["code"] == "internal_server_error"
