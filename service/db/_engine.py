@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from service.db._session import _current
 __all__ = ["make_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+logger = logging.getLogger(__name__)
 
 
 def make_engine(
@@ -56,6 +59,7 @@ def make_engine(
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    event.listen(engine.sync_engine, "invalidate", _sqlite_invalidate)
     return engine
 
 
@@ -68,6 +72,20 @@ def _sqlite_connect(connection: DBAPIConnection, record: ConnectionPoolEntry) ->
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def _sqlite_invalidate(
+    connection: DBAPIConnection, record: ConnectionPoolEntry, exception: BaseException | None
+) -> None:
+    # A connection is invalidated when its unit of work is cancelled in the middle of a
+    # statement (a client that went away mid-request). Closed with that statement unfinished,
+    # the sqlite3 connection becomes a zombie that keeps its transaction - and the database's
+    # write lock - until the garbage collector finalizes the statement: meanwhile every writer
+    # waits out its busy timeout, then fails. Rolling back first releases the lock at once.
+    try:
+        connection.rollback()
+    except Exception:
+        logger.warning("rolling back an invalidated SQLite connection failed", exc_info=True)
 
 
 def _sqlite_begin(connection: Any) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from service.db import make_engine, unit_of_work
 from tests.db.conftest import ReadNames
@@ -143,3 +144,36 @@ async def test_a_pooled_connection_the_server_dropped_is_replaced_before_use(
         await engine.dispose()
         await other.dispose()
     assert replaced != dropped
+
+
+@pytest.mark.committing
+async def test_an_invalidated_sqlite_connection_releases_the_write_lock_at_once(
+    database_url: str,
+) -> None:
+    # As when a request is cancelled between a SELECT's first step and its last fetch: the
+    # statement is still active when the connection is invalidated and closed.
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    path = make_url(database_url).database
+    assert path is not None
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            unfinished = await driver.execute("SELECT 1 UNION ALL SELECT 2")
+            await connection.invalidate()
+
+            def another_writer() -> None:
+                other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                finally:
+                    other.close()
+
+            await asyncio.to_thread(another_writer)  # "database is locked" without the fix
+            del unfinished
+    finally:
+        await engine.dispose()
