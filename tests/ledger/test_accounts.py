@@ -78,7 +78,9 @@ async def test_the_list_shows_the_callers_accounts_page_by_page(api: Api, client
     assert [item["id"] for item in everything["items"]] == mine
 
 
-@pytest.mark.parametrize("query", ["?limit=0", "?limit=101", "?limit=x", "?cursor=bm9wZQ"])
+@pytest.mark.parametrize(
+    "query", ["?limit=0", "?limit=101", "?limit=x", "?cursor=bm9wZQ", "?limt=10", "?=0"]
+)
 async def test_bad_paging_is_a_422(api: Api, client: Client, query: str) -> None:
     ada = await api.user()
     response = await client.get(f"/accounts{query}", headers=ada.headers)
