@@ -18,12 +18,14 @@ import itertools
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-__all__ = ["NO_ANSWER", "NOT_SENT", "Customer", "Write", "WriteLog", "customers", "drive"]
+__all__ = ["NO_ANSWER", "NOT_SENT", "Customer", "Write", "WriteLog", "customers", "drive", "load"]
 
 NOT_SENT = -1
 NO_ANSWER = 0
@@ -165,3 +167,27 @@ async def drive(
             write = await send(client, log, customer, "transfer", amount, (source, target))
         if pause or write.status == NOT_SENT:
             await asyncio.sleep(pause or 0.05)
+
+
+@asynccontextmanager
+async def load(
+    client: httpx.AsyncClient,
+    log: WriteLog,
+    people: list[Customer],
+    *,
+    clients: int,
+    seed: int = 0,
+    pause: float = 0.0,
+) -> AsyncIterator[None]:
+    """``clients`` concurrent ``drive`` loops for the duration of the block; on leaving it, each
+    finishes the write it is making (or learns that it got no answer) and stops."""
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(drive(client, log, people, stop, seed=seed + n, pause=pause))
+        for n in range(clients)
+    ]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

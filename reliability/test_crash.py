@@ -21,7 +21,7 @@ import pytest
 from reliability.audit import audit
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
-from reliability.load import WriteLog, customers, drive, send
+from reliability.load import WriteLog, customers, load, send
 
 CLIENTS = 16
 KILL_POINTS = (0.4, 1.3, 2.7)
@@ -40,15 +40,9 @@ async def test_acknowledged_writes_survive_sigkill_and_refused_ones_leave_no_tra
             async with client(server) as http:
                 if people is None:
                     people = await customers(http, log, count=6)
-                stop = asyncio.Event()
-                load = [
-                    asyncio.create_task(drive(http, log, people, stop, seed=round_number * 100 + n))
-                    for n in range(CLIENTS)
-                ]
-                await asyncio.sleep(kill_after)
-                server.signal(signal.SIGKILL)
-                stop.set()
-                await asyncio.gather(*load)
+                async with load(http, log, people, clients=CLIENTS, seed=round_number * 100):
+                    await asyncio.sleep(kill_after)
+                    server.signal(signal.SIGKILL)
             assert server.process.wait(timeout=10) == -signal.SIGKILL
 
     assert people is not None

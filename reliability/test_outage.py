@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from reliability.audit import audit
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
-from reliability.load import Write, WriteLog, customers, drive
+from reliability.load import Write, WriteLog, customers, load
 from reliability.postgres import PrivateCluster
 
 CLIENTS = 8
@@ -93,30 +93,27 @@ async def test_an_outage_answers_quick_503s_and_the_service_recovers_by_itself(
     async with serving("outage", url, tmp_path, env=TIMEOUTS) as server:
         async with client(server) as http:
             people = await customers(http, log, count=6)
-            stop = asyncio.Event()
-            tasks = [
-                asyncio.create_task(drive(http, log, people, stop, seed=n, pause=0.01))
-                for n in range(CLIENTS)
-            ]
-            tasks.append(asyncio.create_task(_poll_readiness(http, stop, probes)))
-            try:
-                await asyncio.sleep(1.5)
-                cut_at = time.monotonic()
-                cut = await _cut_connections(postgres, str(make_url(url).database))
-                await asyncio.sleep(1.5)
-                await asyncio.to_thread(postgres.stop, "fast")
-                down_at = time.monotonic()
-                await asyncio.sleep(3)
-                # Recovery is timed from the moment the start begins: conservative, it
-                # includes PostgreSQL's own start-up.
-                up_at = time.monotonic()
-                await asyncio.to_thread(postgres.start)
-                await asyncio.sleep(RECOVERY_LIMIT + 1)
-            finally:
-                if not postgres.running():
-                    postgres.start()  # the other tests share the cluster
-                stop.set()
-                await asyncio.gather(*tasks)
+            polling = asyncio.Event()
+            poller = asyncio.create_task(_poll_readiness(http, polling, probes))
+            async with load(http, log, people, clients=CLIENTS, pause=0.01):
+                try:
+                    await asyncio.sleep(1.5)
+                    cut_at = time.monotonic()
+                    cut = await _cut_connections(postgres, str(make_url(url).database))
+                    await asyncio.sleep(1.5)
+                    await asyncio.to_thread(postgres.stop, "fast")
+                    down_at = time.monotonic()
+                    await asyncio.sleep(3)
+                    # Recovery is timed from the moment the start begins: conservative, it
+                    # includes PostgreSQL's own start-up.
+                    up_at = time.monotonic()
+                    await asyncio.to_thread(postgres.start)
+                    await asyncio.sleep(RECOVERY_LIMIT + 1)
+                finally:
+                    if not postgres.running():
+                        postgres.start()  # the other tests share the cluster
+                    polling.set()
+                    await poller
         assert server.process.poll() is None, "the service itself must never have been restarted"
 
     outages = [

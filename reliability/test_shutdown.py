@@ -28,7 +28,7 @@ import pytest
 from reliability.audit import audit
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
-from reliability.load import WriteLog, customers, drive
+from reliability.load import WriteLog, customers, load
 
 CLIENTS = 16
 GRACE = 5
@@ -44,17 +44,12 @@ async def test_sigterm_under_load_finishes_or_rolls_back_what_is_in_flight(
     async with serving(f"shutdown-{backend}", url, tmp_path, options=options) as server:
         async with client(server) as http:
             people = await customers(http, log, count=6)
-            stop = asyncio.Event()
-            load = [
-                asyncio.create_task(drive(http, log, people, stop, seed=n)) for n in range(CLIENTS)
-            ]
-            await asyncio.sleep(1.5)
-            signalled_at = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)  # the master only; see above
-            exit_code = await asyncio.to_thread(server.process.wait, GRACE + 10)
-            stopped_after = time.monotonic() - signalled_at
-            stop.set()
-            await asyncio.gather(*load)
+            async with load(http, log, people, clients=CLIENTS):
+                await asyncio.sleep(1.5)
+                signalled_at = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)  # the master only; see above
+                exit_code = await asyncio.to_thread(server.process.wait, GRACE + 10)
+                stopped_after = time.monotonic() - signalled_at
 
     in_flight = [write for write in log.writes if write.started < signalled_at < write.finished]
     finished = sum(1 for write in in_flight if write.status > 0)

@@ -70,21 +70,11 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_database_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = create_app().config
-    assert (
-        defaults["DATABASE_CONNECT_TIMEOUT"],
-        defaults["DATABASE_COMMAND_TIMEOUT"],
-        defaults["DATABASE_POOL_TIMEOUT"],
-    ) == (5.0, 30.0, 10.0)
-    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "1.5")
-    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "4")
-    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "2")
-    config = create_app().config
-    assert (
-        config["DATABASE_CONNECT_TIMEOUT"],
-        config["DATABASE_COMMAND_TIMEOUT"],
-        config["DATABASE_POOL_TIMEOUT"],
-    ) == (1.5, 4.0, 2.0)
+    keys = ["DATABASE_CONNECT_TIMEOUT", "DATABASE_COMMAND_TIMEOUT", "DATABASE_POOL_TIMEOUT"]
+    assert [create_app().config[key] for key in keys] == [5.0, 30.0, 10.0]
+    for key, value in zip(keys, ["1.5", "4", "2"], strict=True):
+        monkeypatch.setenv(key, value)
+    assert [create_app().config[key] for key in keys] == [1.5, 4.0, 2.0]
 
 
 async def test_serving_creates_no_tables(tmp_path: Path) -> None:
