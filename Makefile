@@ -8,7 +8,7 @@ PORT ?= 8000
 # The suite runs once per database; PostgreSQL as this machine provides it.
 TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run migrate test test-sqlite test-postgres lint format bench clean
+.PHONY: install run migrate test test-sqlite test-postgres test-reliability lint format bench clean
 
 install: $(STAMP)
 
@@ -32,14 +32,19 @@ test-sqlite: install
 test-postgres: install
 	TEST_DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/pytest
 
+# Crashes, database outages, bad input, leaks, shutdown: real Hypercorn processes and signals,
+# on SQLite and on a private PostgreSQL cluster the suite makes and removes itself.
+test-reliability: install
+	$(BIN)/pytest -p no:service reliability
+
 lint: install
-	$(BIN)/ruff check service tests bench alembic
-	$(BIN)/ruff format --check service tests bench alembic
+	$(BIN)/ruff check service tests bench reliability alembic
+	$(BIN)/ruff format --check service tests bench reliability alembic
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix service tests bench alembic
-	$(BIN)/ruff format service tests bench alembic
+	$(BIN)/ruff check --fix service tests bench reliability alembic
+	$(BIN)/ruff format service tests bench reliability alembic
 
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

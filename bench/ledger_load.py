@@ -56,8 +56,8 @@ class Customer:
     accounts: list[int]
 
 
-async def _prepare(url: str) -> None:
-    """An empty database, migrated to head by Alembic."""
+async def prepare_database(url: str) -> None:
+    """An empty database, migrated to head by Alembic (PostgreSQL: dropped and created anew)."""
     if url.startswith("postgresql"):
         parsed = make_url(url)
         admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -147,7 +147,9 @@ async def _client(
             tally.withdrawn += amount
 
 
-async def _invariants(url: str, tally: Tally) -> tuple[bool, str]:
+async def invariants(url: str, expected_total: int) -> tuple[bool, str]:
+    """Through a connection of its own: every balance equals the sum of its account's entries,
+    none is negative, and their total is ``expected_total`` (deposited minus withdrawn)."""
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
@@ -167,16 +169,15 @@ async def _invariants(url: str, tally: Tally) -> tuple[bool, str]:
             total = int(await connection.scalar(select(func.sum(Account.balance))) or 0)
     finally:
         await engine.dispose()
-    expected = tally.deposited - tally.withdrawn
-    held = mismatched == 0 and negative == 0 and total == expected
+    held = mismatched == 0 and negative == 0 and total == expected_total
     return held, (
         f"accounts whose balance != sum(entries): {mismatched}; negative balances: {negative}; "
-        f"total {total} vs deposited-withdrawn {expected}"
+        f"total {total} vs deposited-withdrawn {expected_total}"
     )
 
 
 async def run(url: str, seconds: float) -> bool:
-    await _prepare(url)
+    await prepare_database(url)
     server = _serve(url)
     tally = Tally()
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
@@ -195,7 +196,7 @@ async def run(url: str, seconds: float) -> bool:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    held, detail = await _invariants(url, tally)
+    held, detail = await invariants(url, tally.deposited - tally.withdrawn)
     requests = sum(tally.statuses.values())
     errors = sum(count for status, count in tally.statuses.items() if status >= 500)
     quantiles = statistics.quantiles(tally.latencies, n=100)

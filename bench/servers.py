@@ -1,4 +1,5 @@
-"""Hypercorn servers for the benchmarks: started on a free port, stopped as a group."""
+"""Hypercorn servers for the benchmarks and the reliability suite: started on a free port,
+signalled and stopped as a group."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -38,20 +39,30 @@ def _hypercorn() -> str:
 
 
 class Server:
-    """One Hypercorn process with one worker, serving ``target`` on a free port.
+    """One Hypercorn process with ``workers`` workers, serving ``target`` on a free port.
 
-    Hypercorn runs its worker in a child process; both are in a session (and a
-    process group) of their own, so they are stopped, and their CPU time read,
-    together.
+    Hypercorn runs its workers in child processes; all are in a session (and a
+    process group) of their own, so they are signalled, stopped, and their CPU
+    time read, together. ``options`` are more Hypercorn command-line options.
     """
 
-    def __init__(self, name: str, target: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        workers: int = 1,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        command = [_hypercorn(), "--workers", "1", "--bind", f"127.0.0.1:{self.port}", target]
+        command = [_hypercorn(), "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+        command += [*options, target]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         self.process = subprocess.Popen(
             command,
@@ -98,6 +109,13 @@ class Server:
         self._log.flush()
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def signal(self, number: signal.Signals) -> None:
+        """Send ``number`` to every process of the server (SIGKILL: a crash; SIGTERM: a stop)."""
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:
+            pass  # the whole group is gone already
 
     def stop(self) -> None:
         """SIGTERM to the group, SIGKILL to what is left after 10 s."""

@@ -67,7 +67,8 @@ class _Exiting(Exception):
 
 
 async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    engine = make_engine(settings.database_url, **settings.engine_options())
     successful_exit: list[click.exceptions.Exit | SystemExit] = []
 
     async def body() -> T | None:

@@ -28,5 +28,22 @@ class Settings(BaseSettings):
     """Where jobs run: ``celery`` if a broker is configured, else ``background`` (tasks of the
     serving process, awaited at shutdown). ``eager`` runs them at once, after the commit (tests)."""
 
+    database_connect_timeout: float = 5.0
+    """Seconds to open a database connection before the request answers 503 (PostgreSQL)."""
+
+    database_command_timeout: float = 30.0
+    """Seconds one statement may take before the request answers 503 (PostgreSQL)."""
+
+    database_pool_timeout: float = 10.0
+    """Seconds a request waits for a pooled connection before it answers 503."""
+
+    def engine_options(self) -> dict[str, float]:
+        """The timeouts as ``make_engine()`` takes them, for engines made outside the app."""
+        return {
+            "connect_timeout": self.database_connect_timeout,
+            "command_timeout": self.database_command_timeout,
+            "pool_timeout": self.database_pool_timeout,
+        }
+
     def to_app_config(self) -> dict[str, object]:
         return {name.upper(): value for name, value in self.model_dump().items()}

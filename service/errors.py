@@ -23,12 +23,15 @@ class ApiError(HTTPException):
 
 
 class JSONRequest(Request):
-    """Reads the body as JSON whatever its content type; bad JSON is a 400 ``invalid_json``."""
+    """Reads the body as JSON whatever its content type; bad JSON is a 400 ``invalid_json``.
+
+    Bad JSON includes bytes that are not UTF-8 and arrays or objects nested too deep to parse.
+    """
 
     async def get_json(self, force: bool = True, silent: bool = False, cache: bool = True) -> Any:
         try:
             return await super().get_json(force=force, silent=silent, cache=cache)
-        except UnicodeDecodeError as error:  # raised before Quart's own JSON error handling
+        except (UnicodeDecodeError, RecursionError) as error:  # not ValueErrors: Quart lets them by
             return None if silent else self.on_json_loading_failed(error)
 
     def on_json_loading_failed(self, error: Exception) -> Any:

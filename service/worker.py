@@ -37,7 +37,8 @@ class _Process:
         if cls.loop is None:
             cls.loop = asyncio.new_event_loop()
         if cls.engine is None:
-            cls.engine = make_engine(Settings().database_url)
+            settings = Settings()
+            cls.engine = make_engine(settings.database_url, **settings.engine_options())
         return cls.loop, cls.engine
 
 

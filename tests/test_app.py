@@ -70,6 +70,14 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert create_app().config["DATABASE_URL"] == "sqlite+aiosqlite:///var/service.db"
 
 
+def test_the_database_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ["DATABASE_CONNECT_TIMEOUT", "DATABASE_COMMAND_TIMEOUT", "DATABASE_POOL_TIMEOUT"]
+    assert [create_app().config[key] for key in keys] == [5.0, 30.0, 10.0]
+    for key, value in zip(keys, ["1.5", "4", "2"], strict=True):
+        monkeypatch.setenv(key, value)
+    assert [create_app().config[key] for key in keys] == [1.5, 4.0, 2.0]
+
+
 async def test_serving_creates_no_tables(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
     app = create_app({"DATABASE_URL": url})

@@ -22,6 +22,15 @@ __all__ = ["Database"]
 
 _EXTENSION = "service.db"
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Configuration keys read when serving starts, and the make_engine() option each sets.
+_TIMEOUT_OPTIONS = {
+    "DATABASE_CONNECT_TIMEOUT": "connect_timeout",
+    "DATABASE_COMMAND_TIMEOUT": "command_timeout",
+    "DATABASE_POOL_TIMEOUT": "pool_timeout",
+}
+# SQLSTATEs of a database that cannot be reached: connection exception (class 08), administrator
+# or crash shutdown, and "the database system is starting up / shutting down".
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
 
@@ -40,9 +49,14 @@ class Database:
 
     ``Database(app)`` or ``db = Database(); db.init_app(app)``. The engine is
     made from ``app.config["DATABASE_URL"]`` when serving starts and disposed
-    when it stops; ``engine_options`` go to ``create_async_engine``. Each request
+    when it stops; ``engine_options`` go to ``make_engine``, on top of the
+    timeouts ``DATABASE_CONNECT_TIMEOUT``, ``DATABASE_COMMAND_TIMEOUT`` and
+    ``DATABASE_POOL_TIMEOUT`` (seconds) when the config has them. Each request
     is a unit of work: committed when the final status is below 400, rolled
-    back otherwise, and the session always removed.
+    back otherwise, and the session always removed. A request that fails because
+    the database cannot be reached (refused, dropped or timed-out connection,
+    no pooled connection in time) answers 503 wherever it failed; the app's
+    error handler for ``Exception``, if it registers one, replaces that.
     """
 
     def __init__(self, app: Quart | None = None, **engine_options: Any) -> None:
@@ -65,6 +79,7 @@ class Database:
         app.after_request_funcs[None].insert(0, hooks.end_request)
         app.teardown_request_funcs[None].insert(0, hooks.teardown_request)
         got_request_exception.connect(hooks.on_exception, sender=app, weak=False)
+        app.register_error_handler(Exception, _unavailable)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -85,7 +100,11 @@ class _RequestHooks:
         self.state = state
 
     async def start(self) -> None:
-        engine = make_engine(current_app.config["DATABASE_URL"], **self.state.options)
+        config = current_app.config
+        timeouts = {
+            option: config[key] for key, option in _TIMEOUT_OPTIONS.items() if key in config
+        }
+        engine = make_engine(config["DATABASE_URL"], **{**timeouts, **self.state.options})
         self.state.engine = engine
         if session.session_factory.kw.get("bind") is None:
             # The default for units of work outside requests; requests carry their app's.
@@ -167,7 +186,33 @@ async def _error_response(error: Exception, replaced: ResponseTypes) -> Response
     return response
 
 
-def _unreachable(error: Exception) -> bool:
+async def _unavailable(error: Exception) -> ResponseTypes:
+    """Answer 503 for an error raised because the database cannot be reached.
+
+    Registered for ``Exception``; any other error is raised again, exactly as
+    if no handler had been found (a 500, or propagated in testing and debug).
+    """
+    if not _unreachable(error):
+        raise error
+    logger.warning("the database could not be reached; answering 503", exc_info=error)
+    unavailable = ServiceUnavailable(
+        "The database could not be reached; nothing was saved. Retry later."
+    )
+    return await current_app.make_response(await current_app.handle_http_exception(unavailable))
+
+
+def _unreachable(error: BaseException) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    # The driver's own error, raised as is or wrapped (a plain DBAPIError) by SQLAlchemy.
+    cause: BaseException | None = error
+    while cause is not None:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(cause, OSError) or (
+            isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+        ):
+            return True
+        cause = cause.__cause__
+    return False

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, request
-from quart_schema import validate_querystring, validate_request, validate_response
+from quart_schema import (
+    security_scheme,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import ApiError
@@ -48,6 +53,7 @@ def _email_taken() -> ApiError:
 
 
 @api.post("/users")
+@security_scheme([])  # registering needs no token
 @validate_request(NewUser)
 @validate_response(NewUserOut, 201)
 async def create_user(data: NewUser) -> tuple[NewUserOut, int]:

@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, 
 MAX_AMOUNT = 10**12
 
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)")]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Description = Annotated[str, StringConstraints(max_length=500)]
+# Any text is stored verbatim, except the NUL character, which PostgreSQL cannot store.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL)
+]
+Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["USD"])]
 
@@ -90,7 +94,9 @@ class TransferOut(BaseModel):
     created_at: datetime
 
 
-class PageQuery(BaseModel):
+class PageQuery(Body):
+    """A misspelt parameter (``?limt=10``) is refused, not silently ignored."""
+
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = None
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from service.db import make_engine, unit_of_work
 from tests.db.conftest import ReadNames
 from tests.db.models import Widget
+from tests.db.silent import silent_server
 
 
 @pytest.mark.parametrize(
@@ -86,3 +89,91 @@ async def test_a_foreign_key_is_enforced(service_database_url: str) -> None:
     with pytest.raises(IntegrityError):
         async with unit_of_work():
             await Part.create(widget_id=424242)
+
+
+async def test_a_connection_attempt_gives_up_after_the_connect_timeout() -> None:
+    async with silent_server() as port:
+        engine = make_engine(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x", connect_timeout=0.3
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                async with engine.connect():
+                    pass
+        finally:
+            await engine.dispose()
+    assert time.monotonic() - started < 3
+
+
+@pytest.fixture
+def postgres_url(service_database_url: str) -> str:
+    if not service_database_url.startswith("postgresql"):
+        pytest.skip("needs a database server (PostgreSQL)")
+    return service_database_url
+
+
+@pytest.mark.service_committing
+async def test_a_statement_gives_up_after_the_command_timeout(postgres_url: str) -> None:
+    engine = make_engine(postgres_url, command_timeout=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT pg_sleep(10)"))
+    finally:
+        await engine.dispose()
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.service_committing
+async def test_a_pooled_connection_the_server_dropped_is_replaced_before_use(
+    postgres_url: str,
+) -> None:
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    other = make_engine(postgres_url)
+    try:
+        async with engine.connect() as connection:
+            dropped = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with other.connect() as killer:
+            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
+
+        async with engine.connect() as connection:
+            replaced = await connection.scalar(text("SELECT pg_backend_pid()"))
+    finally:
+        await engine.dispose()
+        await other.dispose()
+    assert replaced != dropped
+
+
+@pytest.mark.service_committing
+async def test_an_invalidated_sqlite_connection_releases_the_write_lock_at_once(
+    service_database_url: str,
+) -> None:
+    # As when a request is cancelled between a SELECT's first step and its last fetch: the
+    # statement is still active when the connection is invalidated and closed.
+    if not service_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    path = make_url(service_database_url).database
+    assert path is not None
+    engine = make_engine(service_database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            unfinished = await driver.execute("SELECT 1 UNION ALL SELECT 2")
+            await connection.invalidate()
+
+            def another_writer() -> None:
+                other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                finally:
+                    other.close()
+
+            await asyncio.to_thread(another_writer)  # "database is locked" without the fix
+            del unfinished
+    finally:
+        await engine.dispose()

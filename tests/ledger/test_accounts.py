@@ -84,7 +84,9 @@ async def test_the_list_shows_the_callers_accounts_page_by_page(
     assert [item["id"] for item in everything["items"]] == mine
 
 
-@pytest.mark.parametrize("query", ["?limit=0", "?limit=101", "?limit=x", "?cursor=bm9wZQ"])
+@pytest.mark.parametrize(
+    "query", ["?limit=0", "?limit=101", "?limit=x", "?cursor=bm9wZQ", "?limt=10", "?=0"]
+)
 async def test_bad_paging_is_a_422(api: Api, service_client: Client, query: str) -> None:
     ada = await api.user()
     response = await service_client.get(f"/accounts{query}", headers=ada.headers)

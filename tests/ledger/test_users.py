@@ -75,7 +75,11 @@ async def test_a_body_that_fails_validation_is_a_422_naming_the_fields(
     assert sorted({detail["field"] for detail in error["details"]}) == sorted(fields)
 
 
-@pytest.mark.parametrize("data", [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "data",
+    [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000],
+    ids=["unclosed", "empty", "single-quotes", "not-utf8", "nested-too-deep"],
+)
 async def test_malformed_json_is_a_400(service_client: Client, data: bytes) -> None:
     response = await service_client.post(
         "/users", data=data, headers={"Content-Type": "application/json"}
