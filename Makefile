@@ -35,7 +35,7 @@ test-postgres: install
 # Crashes, database outages, bad input, leaks, shutdown: real Hypercorn processes and signals,
 # on SQLite and on a private PostgreSQL cluster the suite makes and removes itself.
 test-reliability: install
-	$(BIN)/pytest -p no:service reliability
+	$(BIN)/pytest reliability
 
 lint: install
 	$(BIN)/ruff check service tests bench reliability alembic
