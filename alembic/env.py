@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 
-import service.ledger.models  # noqa: F401 - registers the ledger's tables on Model.metadata
 from alembic import context
+from service import modules
 from service.config import Settings
 from service.db import Model, make_engine
 
@@ -19,6 +19,7 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
+modules.load()  # every model module (service/modules.py), so that autogenerate sees them all
 target_metadata = Model.metadata
 
 

@@ -10,6 +10,7 @@ from quart import Quart, Response, current_app
 from quart_schema import Info, QuartSchema, security_scheme
 from sqlalchemy import text
 
+from service import modules
 from service.config import Settings
 from service.db import Database
 from service.errors import JSONRequest, error_response, register_error_handlers
@@ -22,6 +23,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     """Build the app from the environment, then ``config`` on top."""
+    modules.load()
     app = Quart(__name__)
     app.request_class = JSONRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
+from service import modules
 from service.config import Settings
 from service.db import make_engine, unit_of_work
 
@@ -93,6 +94,7 @@ async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs:
 @click.group()
 def main() -> None:
     """The ledger service: serve it, run its worker, manage its data."""
+    modules.load()
 
 
 @main.group()

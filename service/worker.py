@@ -18,12 +18,13 @@ from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import service.ledger.statements  # noqa: F401 - registers the ledger's jobs
-from service import jobs
+from service import jobs, modules
 from service.config import Settings
 from service.db import make_engine
 
 __all__ = ["UnitOfWorkTask", "celery_app", "celery_for"]
+
+modules.load()  # registers every job (service/modules.py) before the tasks are made
 
 
 class _Process:
