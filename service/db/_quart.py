@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Quart, current_app, request
-from quart.signals import got_request_exception
+from quart.signals import got_request_exception, request_started
 from quart.typing import ResponseTypes
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import (
+    Conflict,
+    HTTPException,
+    InternalServerError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 
-from service.db._engine import make_engine
+from service.db._engine import engine_options, make_engine
+from service.db._outage import OUTAGE_ERRORS, is_outage
 from service.db._session import current_unit_of_work, session
 from service.db._unit_of_work import UnitOfWork
 
-__all__ = ["Database"]
+__all__ = ["Database", "streaming_body"]
 
 _EXTENSION = "service.db"
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Configuration keys read when serving starts, and the make_engine() option each sets.
-_TIMEOUT_OPTIONS = {
-    "DATABASE_CONNECT_TIMEOUT": "connect_timeout",
-    "DATABASE_COMMAND_TIMEOUT": "command_timeout",
-    "DATABASE_POOL_TIMEOUT": "pool_timeout",
-}
-# SQLSTATEs of a database that cannot be reached: connection exception (class 08), administrator
-# or crash shutdown, and "the database system is starting up / shutting down".
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
-
+_STREAMING = "__service_db_streaming_body__"
 
 logger = logging.getLogger(__name__)
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def streaming_body(view: _View) -> _View:
+    """Let this view read its request body as a stream, outside the layer's promise.
+
+    Every other request's body is received in full (bounded by ``MAX_CONTENT_LENGTH``
+    and ``BODY_TIMEOUT``) before anything in the request may touch the database, so
+    that no transaction or pooled connection waits on a slow client. A view
+    decorated with this gets the request as it arrives instead: if it, or a hook
+    before it, uses the database before the body has arrived, the transaction waits
+    on the client.
+    """
+    setattr(view, _STREAMING, True)
+    return view
 
 
 @dataclass
@@ -49,14 +64,17 @@ class Database:
 
     ``Database(app)`` or ``db = Database(); db.init_app(app)``. The engine is
     made from ``app.config["DATABASE_URL"]`` when serving starts and disposed
-    when it stops; ``engine_options`` go to ``make_engine``, on top of the
-    timeouts ``DATABASE_CONNECT_TIMEOUT``, ``DATABASE_COMMAND_TIMEOUT`` and
-    ``DATABASE_POOL_TIMEOUT`` (seconds) when the config has them. Each request
-    is a unit of work: committed when the final status is below 400, rolled
-    back otherwise, and the session always removed. A request that fails because
-    the database cannot be reached (refused, dropped or timed-out connection,
-    no pooled connection in time) answers 503 wherever it failed; the app's
-    error handler for ``Exception``, if it registers one, replaces that.
+    when it stops; ``engine_options`` go to ``make_engine``, on top of
+    ``DATABASE_CONNECT_TIMEOUT``, ``DATABASE_COMMAND_TIMEOUT``,
+    ``DATABASE_POOL_TIMEOUT``, ``DATABASE_POOL_SIZE`` and ``DATABASE_MAX_OVERFLOW``
+    when the config has them.
+
+    Each request is a unit of work: its body is received first, then it is
+    committed when the final status is below 400, rolled back otherwise, and the
+    session always removed. The extension changes how the app answers two kinds
+    of error, and nothing else: a database that cannot be reached answers 503, and
+    a constraint violation the handler did not catch answers 409, both rendered by
+    the app's own handlers for HTTP errors.
     """
 
     def __init__(self, app: Quart | None = None, **engine_options: Any) -> None:
@@ -72,14 +90,20 @@ class Database:
         hooks = _RequestHooks(state)
         app.before_serving(hooks.start)
         app.after_serving(hooks.stop)
-        # First before_request to run, and - since Quart runs after_request and
-        # teardown functions in reverse order - last after_request and teardown:
-        # the commit decision sees the status every other hook has settled on.
-        app.before_request_funcs[None].insert(0, hooks.begin_request)
+        # The unit of work begins when the request starts, before every before_request
+        # hook and URL value preprocessor, whatever order they were registered in.
+        request_started.connect(hooks.begin_request, sender=app, weak=False)
+        # Quart runs after_request and teardown functions in reverse order, so the one
+        # inserted first runs last: the commit decision sees the status every other
+        # hook has settled on.
         app.after_request_funcs[None].insert(0, hooks.end_request)
         app.teardown_request_funcs[None].insert(0, hooks.teardown_request)
         got_request_exception.connect(hooks.on_exception, sender=app, weak=False)
-        app.register_error_handler(Exception, _unavailable)
+        # For these classes only: Quart looks handlers up along the exception's class
+        # hierarchy, so one registered for Exception would also receive every HTTP error.
+        for error_class in OUTAGE_ERRORS:
+            app.register_error_handler(error_class, _unavailable)
+        app.register_error_handler(IntegrityError, _conflict)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -101,10 +125,8 @@ class _RequestHooks:
 
     async def start(self) -> None:
         config = current_app.config
-        timeouts = {
-            option: config[key] for key, option in _TIMEOUT_OPTIONS.items() if key in config
-        }
-        engine = make_engine(config["DATABASE_URL"], **{**timeouts, **self.state.options})
+        options = {**engine_options(config), **self.state.options}
+        engine = make_engine(config["DATABASE_URL"], **options)
         self.state.engine = engine
         if session.session_factory.kw.get("bind") is None:
             # The default for units of work outside requests; requests carry their app's.
@@ -119,13 +141,15 @@ class _RequestHooks:
         if session.session_factory.kw.get("bind") is engine:
             session.session_factory.configure(bind=None)
 
-    async def begin_request(self) -> None:
+    async def begin_request(self, sender: Quart, **extra: Any) -> None:
         engine = self.state.engine
         if engine is None:
             raise RuntimeError(
                 "A request arrived before the app started serving, so it has no database engine."
                 " In tests, use `async with app.test_app():` around the test client."
             )
+        if not _streams_body(sender):
+            await _receive_body()
         UnitOfWork(readonly=request.method in _READ_ONLY_METHODS, bind=engine).begin()
 
     async def end_request(self, response: ResponseTypes) -> ResponseTypes:
@@ -156,12 +180,42 @@ class _RequestHooks:
             await unit.end(commit=False)
 
 
+def _streams_body(app: Quart) -> bool:
+    endpoint = request.endpoint
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
+    return getattr(view, _STREAMING, False)
+
+
+async def _receive_body() -> None:
+    """Wait for the whole body, within ``BODY_TIMEOUT``, before the database may be used.
+
+    A body over ``MAX_CONTENT_LENGTH`` raises 413 as it arrives; one that does not
+    arrive in time, 408. The body stays available to the view.
+    """
+    try:
+        async with asyncio.timeout(request.body_timeout):
+            await request.body
+    except TimeoutError:
+        raise RequestTimeout(
+            "The request body did not arrive in time; nothing was saved."
+        ) from None
+
+
 def _state(app: Quart) -> _AppState:
     try:
         state: _AppState = app.extensions[_EXTENSION]
     except KeyError:
         raise RuntimeError("This app has no Database. Did you forget to call 'init_app'?") from None
     return state
+
+
+async def _render(http_error: HTTPException) -> ResponseTypes:
+    """``http_error`` as the app's own handlers for HTTP errors render it."""
+    return await current_app.make_response(await current_app.handle_http_exception(http_error))
+
+
+def _conflict_error() -> Conflict:
+    return Conflict("The changes conflict with data already stored; they were not saved.")
 
 
 async def _error_response(error: Exception, replaced: ResponseTypes) -> ResponseTypes:
@@ -172,14 +226,14 @@ async def _error_response(error: Exception, replaced: ResponseTypes) -> Response
     """
     http_error: HTTPException
     if isinstance(error, IntegrityError):
-        http_error = Conflict("The changes conflict with data already stored; they were not saved.")
-    elif _unreachable(error):
+        http_error = _conflict_error()
+    elif is_outage(error):
         http_error = ServiceUnavailable(
             "The database could not be reached to complete the request. Retry later."
         )
     else:
         http_error = InternalServerError("The changes could not be committed.")
-    response = await current_app.make_response(await current_app.handle_http_exception(http_error))
+    response = await _render(http_error)
     for name, value in replaced.headers.items():
         if name.lower() not in _REPLACED_HEADERS and name not in response.headers:
             response.headers.add(name, value)
@@ -187,32 +241,21 @@ async def _error_response(error: Exception, replaced: ResponseTypes) -> Response
 
 
 async def _unavailable(error: Exception) -> ResponseTypes:
-    """Answer 503 for an error raised because the database cannot be reached.
+    """Answer 503 for an error raised because the database cannot be reached or used.
 
-    Registered for ``Exception``; any other error is raised again, exactly as
-    if no handler had been found (a 500, or propagated in testing and debug).
+    Registered for the classes such an error can arrive as; any other error of
+    those classes is raised again, exactly as if no handler had been found (a
+    500, or propagated in testing and debug).
     """
-    if not _unreachable(error):
+    if not is_outage(error):
         raise error
     logger.warning("the database could not be reached; answering 503", exc_info=error)
-    unavailable = ServiceUnavailable(
-        "The database could not be reached; nothing was saved. Retry later."
+    return await _render(
+        ServiceUnavailable("The database could not be reached; nothing was saved. Retry later.")
     )
-    return await current_app.make_response(await current_app.handle_http_exception(unavailable))
 
 
-def _unreachable(error: BaseException) -> bool:
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
-        return True
-    # The driver's own error, raised as is or wrapped (a plain DBAPIError) by SQLAlchemy.
-    cause: BaseException | None = error
-    while cause is not None:
-        sqlstate = getattr(cause, "sqlstate", None)
-        if isinstance(cause, OSError) or (
-            isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-        ):
-            return True
-        cause = cause.__cause__
-    return False
+async def _conflict(error: IntegrityError) -> ResponseTypes:
+    """A constraint violation the handler did not catch: 409, as the same violation at COMMIT."""
+    logger.info("a constraint was violated; answering 409: %s", error.orig)
+    return await _render(_conflict_error())
