@@ -1,23 +1,38 @@
-"""Engines, with SQLite made fit to be the embedded default."""
+"""Engines, with SQLite made fit to be the embedded default; and the default engine of scripts."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, event, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
 
-from service.db._session import _current
+from service.db import _sqlite as sqlite
 
-__all__ = ["make_engine"]
+__all__ = ["CONFIG_OPTIONS", "default_engine", "engine_options", "make_engine"]
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONFIG_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "DATABASE_CONNECT_TIMEOUT": ("connect_timeout", float),
+    "DATABASE_COMMAND_TIMEOUT": ("command_timeout", float),
+    "DATABASE_POOL_TIMEOUT": ("pool_timeout", float),
+    "DATABASE_POOL_SIZE": ("pool_size", int),
+    "DATABASE_MAX_OVERFLOW": ("max_overflow", int),
+}
+"""Configuration keys (app config or environment) and the ``make_engine()`` option of each."""
 
-logger = logging.getLogger(__name__)
+
+def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``make_engine()`` options that ``config`` (an app's config, the environment) sets."""
+    return {
+        option: convert(config[key])
+        for key, (option, convert) in CONFIG_OPTIONS.items()
+        if config.get(key) not in (None, "")
+    }
 
 
 def make_engine(
@@ -31,8 +46,8 @@ def make_engine(
 
     Call it when serving starts, never at import: an engine belongs to the
     event loop it was first used on. A SQLite file URL gets its directory
-    created, foreign keys enforced, WAL, a busy timeout and a BEGIN of our own
-    (see ``_sqlite_begin``).
+    created, foreign keys enforced, WAL, a busy timeout and a BEGIN of the
+    layer's own, which queues the process's writers fairly (``_sqlite``).
 
     A database server is one that can go away. Its pooled connections are
     checked before use (``pool_pre_ping``), so one the server dropped is
@@ -56,43 +71,41 @@ def make_engine(
             "database is one shared connection, where one task's rollback discards another's work."
         )
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, **options)
-    event.listen(engine.sync_engine, "connect", _sqlite_connect)
-    event.listen(engine.sync_engine, "begin", _sqlite_begin)
-    event.listen(engine.sync_engine, "invalidate", _sqlite_invalidate)
+    engine = create_async_engine(url, async_creator=sqlite.connector(url.database), **options)
+    event.listen(engine.sync_engine, "begin", sqlite.begin)
+    event.listen(engine.sync_engine, "invalidate", sqlite.invalidate)
     return engine
 
 
-def _sqlite_connect(connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-    # Stop the driver from emitting BEGIN (lazily, and COMMIT before DDL); we
-    # emit it ourselves, which also makes SAVEPOINT work.
-    connection.isolation_level = None
-    cursor = connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL may wait
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.close()
+# A script's engine, made from DATABASE_URL by its first unit of work, one per event loop.
+_defaults: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncIterator[None]]
+] = weakref.WeakKeyDictionary()
 
 
-def _sqlite_invalidate(
-    connection: DBAPIConnection, record: ConnectionPoolEntry, exception: BaseException | None
-) -> None:
-    # A connection is invalidated when its unit of work is cancelled in the middle of a
-    # statement (a client that went away mid-request). Closed with that statement unfinished,
-    # the sqlite3 connection becomes a zombie that keeps its transaction - and the database's
-    # write lock - until the garbage collector finalizes the statement: meanwhile every writer
-    # waits out its busy timeout, then fails. Rolling back first releases the lock at once.
+async def default_engine() -> AsyncEngine | None:
+    """The running loop's engine on ``DATABASE_URL`` (made now if need be), or ``None`` if unset.
+
+    It is disposed when the loop shuts down (``asyncio.run`` finalizes the loop's
+    async generators before closing it), while its connections can still be
+    closed properly.
+    """
+    loop = asyncio.get_running_loop()
+    made = _defaults.get(loop)
+    if made is not None:
+        return made[0]
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        return None
+    engine = make_engine(url, **engine_options(os.environ))
+    lifetime = _disposed_at_shutdown(engine)
+    await anext(lifetime)  # registered with the loop's async-generator hooks from here on
+    _defaults[loop] = (engine, lifetime)
+    return engine
+
+
+async def _disposed_at_shutdown(engine: AsyncEngine) -> AsyncIterator[None]:
     try:
-        connection.rollback()
-    except Exception:
-        logger.warning("rolling back an invalidated SQLite connection failed", exc_info=True)
-
-
-def _sqlite_begin(connection: Any) -> None:
-    # A DEFERRED transaction that reads and then writes fails at once with
-    # "database is locked" when another writer got there first: the busy
-    # timeout does not apply to that upgrade. So a unit of work that may write
-    # takes the write lock at BEGIN (waiting up to the busy timeout for it);
-    # one marked read-only begins DEFERRED and never blocks other readers (WAL).
-    unit = _current.get()
-    connection.exec_driver_sql("BEGIN" if unit is not None and unit.readonly else "BEGIN IMMEDIATE")
+        yield
+    finally:
+        await engine.dispose()
