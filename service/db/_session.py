@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,11 +25,18 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_
 
 if TYPE_CHECKING:
     from service.db._unit_of_work import UnitOfWork
 
-__all__ = ["UnitOfWorkError", "current_unit_of_work", "join_sessions_to", "session"]
+__all__ = [
+    "UnitOfWorkError",
+    "current_unit_of_work",
+    "has_configured_bind",
+    "join_sessions_to",
+    "session",
+]
 
 Bind = AsyncEngine | AsyncConnection
 
@@ -42,12 +51,24 @@ class UnitOfWorkError(RuntimeError):
 _current: ContextVar[UnitOfWork | None] = ContextVar("service_db_unit_of_work", default=None)
 
 # Set by tests: every session joins this connection's transaction (savepoints).
-_joined: AsyncConnection | None = None
+_joined: _JoinedConnection | None = None
 
 _OUTSIDE = (
     "The database session was used outside a unit of work. Handlers served by `Database` "
     "get one per HTTP request; anywhere else (scripts, jobs, tests) wrap the code in "
     "`async with unit_of_work(): ...` or decorate the coroutine with `@unit_of_work()`."
+)
+_NO_DATABASE = (
+    "This unit of work has no database: set the DATABASE_URL environment variable (a script "
+    "or job then uses an engine made from it), run it in a serving app, or pass "
+    "`unit_of_work(bind=engine)`."
+)
+_CHILD_OF_WRITER_JOINED = (
+    "A unit of work in a child task cannot write to SQLite while its parent's unit of work "
+    "holds the write lock: SQLite has one writer at a time, and the parent waits for the "
+    "child (the test's shared transaction reports what production would do). Run the "
+    "children before the parent uses the database, do the work in the parent, or use "
+    "PostgreSQL."
 )
 _CHILD_TASK = (
     "The database session was used from a child task (asyncio.gather, create_task, TaskGroup) "
@@ -95,10 +116,12 @@ class _SessionMaker(async_sessionmaker[AsyncSession]):
     def __call__(self, **local_kw: Any) -> AsyncSession:
         unit = _current.get()
         if _joined is not None:
-            local_kw.setdefault("bind", _joined)
+            local_kw.setdefault("bind", _joined.connection)
             local_kw.setdefault("join_transaction_mode", "create_savepoint")
         elif unit is not None and unit.bind is not None:
             local_kw.setdefault("bind", unit.bind)
+        elif self.kw.get("bind") is None and "bind" not in local_kw:
+            raise UnitOfWorkError(_NO_DATABASE)
         made = super().__call__(**local_kw)
         if unit is not None:
             unit.session = made
@@ -115,16 +138,54 @@ Full SQLAlchemy is available through it: ``await session.execute(select(...))``.
 """
 
 
+def has_configured_bind() -> bool:
+    """Whether sessions have a bind without a unit's own: a serving app's, or a test's."""
+    return _joined is not None or session.session_factory.kw.get("bind") is not None
+
+
+class _JoinedConnection:
+    """The one connection every session joins in tests, shared one unit of work at a time.
+
+    Units of work that would each have a connection of their own share this one, and
+    their savepoints must nest, never interleave. So a unit takes the connection when
+    its session first uses it and keeps it until it ends; a unit in a child task of
+    one that has it (``asyncio.gather`` of ``@unit_of_work()`` coroutines) queues
+    behind its siblings for the parent's turn instead, since the parent waits for
+    them. On SQLite, as in production, a child cannot write while its parent writes.
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self.lock = asyncio.Lock()
+        self.sqlite = connection.dialect.name == "sqlite"
+
+    def take_turn(self, conn: Connection, name: object) -> None:
+        # The "savepoint" event, in the greenlet of the session's first use of the connection.
+        unit = _current.get()
+        if unit is None or unit.turn is not None:
+            return  # not a unit's session, or a savepoint of a unit that has its turn
+        holder = next((a for a in unit.ancestors() if a.turn is not None), None)
+        if holder is not None and self.sqlite and not holder.readonly:
+            raise UnitOfWorkError(_CHILD_OF_WRITER_JOINED)
+        turn = self.lock if holder is None else holder.children_turn()
+        await_(turn.acquire())
+        unit.turn = turn
+
+
 @contextmanager
 def join_sessions_to(connection: AsyncConnection) -> Iterator[None]:
     """Make every session join ``connection``'s transaction, through savepoints (for tests).
 
     Code under test then commits and rolls back as usual, while the caller rolls
-    back the outer transaction at the end, leaving nothing behind.
+    back the outer transaction at the end, leaving nothing behind. Units of work
+    take turns on the connection (see ``_JoinedConnection``).
     """
     global _joined
-    previous, _joined = _joined, connection
+    joined = _JoinedConnection(connection)
+    event.listen(connection.sync_connection, "savepoint", joined.take_turn)
+    previous, _joined = _joined, joined
     try:
         yield
     finally:
         _joined = previous
+        event.remove(connection.sync_connection, "savepoint", joined.take_turn)

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import Token
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -20,7 +20,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
-from service.db._session import Bind, UnitOfWorkError, _current, current_unit_of_work, session
+from service.db._engine import default_engine
+from service.db._session import (
+    Bind,
+    UnitOfWorkError,
+    _current,
+    current_unit_of_work,
+    has_configured_bind,
+    session,
+)
 
 __all__ = ["UnitOfWork", "on_commit", "unit_of_work"]
 
@@ -66,7 +74,17 @@ class UnitOfWork:
     first used, and ``end()`` of a unit that never used it emits no SQL.
     """
 
-    __slots__ = ("_ended", "_token", "bind", "readonly", "session", "task")
+    __slots__ = (
+        "_children_turn",
+        "_ended",
+        "_token",
+        "bind",
+        "parent",
+        "readonly",
+        "session",
+        "task",
+        "turn",
+    )
 
     def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
         task = asyncio.current_task()
@@ -75,10 +93,28 @@ class UnitOfWork:
         self.task = task
         self.readonly = readonly
         self.bind = bind
+        self.parent = _current.get()
+        """The unit of work of the task this one's task was started from, if any."""
         self.session: AsyncSession | None = None
         """Set when the registry makes this unit's session, on first use."""
+        self.turn: asyncio.Lock | None = None
+        """In tests, the turn this unit holds on the shared connection (``join_sessions_to``)."""
+        self._children_turn: asyncio.Lock | None = None
         self._token: Token[UnitOfWork | None] | None = None
         self._ended = False
+
+    def ancestors(self) -> Iterator[UnitOfWork]:
+        """The parent's unit of work, its parent's, and so on."""
+        unit = self.parent
+        while unit is not None:
+            yield unit
+            unit = unit.parent
+
+    def children_turn(self) -> asyncio.Lock:
+        """The turn this unit's child units take on the shared connection, one at a time."""
+        if self._children_turn is None:
+            self._children_turn = asyncio.Lock()
+        return self._children_turn
 
     def begin(self) -> None:
         """Make this the current task's unit of work. No connection is opened yet."""
@@ -120,6 +156,9 @@ class UnitOfWork:
         finally:
             if session.registry.registry.get(self.task) is current:
                 del session.registry.registry[self.task]
+            if self.turn is not None:
+                self.turn.release()
+                self.turn = None
             self._leave()
             callbacks = _callbacks.take_committed(current)
             if callbacks:
@@ -232,7 +271,10 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
         if current_unit_of_work() is not None:
             self._savepoint = await session().begin_nested()
             return
-        unit = UnitOfWork(readonly=self.readonly, bind=self.bind)
+        bind = self.bind
+        if bind is None and not has_configured_bind():
+            bind = await default_engine()  # a script's: from DATABASE_URL, if it is set
+        unit = UnitOfWork(readonly=self.readonly, bind=bind)
         unit.begin()
         self._unit = unit
 
