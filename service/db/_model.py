@@ -7,10 +7,17 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from sqlalchemy import MetaData, Select, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncAttrs
-from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.sql._typing import _ColumnExpressionArgument, _ColumnExpressionOrStrLabelArgument
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
+from sqlalchemy.sql._typing import (
+    _ColumnExpressionArgument,
+    _ColumnExpressionOrStrLabelArgument,
+    _FromClauseArgument,
+    _OnClauseArgument,
+)
 from sqlalchemy.sql.base import ExecutableOption
+from werkzeug.exceptions import NotFound
 
+from service.db._loading import eager, relationship_names
 from service.db._session import session
 
 __all__ = ["Model", "Query"]
@@ -59,9 +66,37 @@ class Query(Generic[_M]):
     def offset(self, offset: int) -> Query[_M]:
         return self._chain(self.statement.offset(offset))
 
+    def join(
+        self, target: _FromClauseArgument, onclause: _OnClauseArgument | None = None
+    ) -> Query[_M]:
+        """``JOIN`` another model or a relationship: ``Book.query.join(Book.author).where(...)``.
+
+        It filters and orders by the joined rows; it does not load them (see ``load()``).
+        """
+        return self._chain(self.statement.join(target, onclause))
+
+    def outerjoin(
+        self, target: _FromClauseArgument, onclause: _OnClauseArgument | None = None
+    ) -> Query[_M]:
+        """``LEFT OUTER JOIN``: rows without a match are kept."""
+        return self._chain(self.statement.outerjoin(target, onclause))
+
+    def distinct(self) -> Query[_M]:
+        """Each row once (``SELECT DISTINCT``), as after a join to a collection."""
+        return self._chain(self.statement.distinct())
+
     def options(self, *options: ExecutableOption) -> Query[_M]:
         """Loader options, such as ``selectinload(User.accounts)``."""
         return self._chain(self.statement.options(*options))
+
+    def load(self, *relationships: QueryableAttribute[Any] | str) -> Query[_M]:
+        """Load these relationships with the rows: ``Book.query.load(Book.author)``.
+
+        A single object comes in the same query (a join), a collection in one more
+        (``SELECT ... IN``), never one query per row. Reading a relationship that
+        was not loaded raises ``NotLoadedError``, which names it.
+        """
+        return self._chain(self.statement.options(*eager(self.model, relationships)))
 
     def with_for_update(self, *, nowait: bool = False, skip_locked: bool = False) -> Query[_M]:
         """Lock the selected rows until the unit of work ends (``SELECT ... FOR UPDATE``).
@@ -81,6 +116,31 @@ class Query(Generic[_M]):
     async def one(self) -> _M:
         """The one row; raises ``NoResultFound`` or ``MultipleResultsFound`` otherwise."""
         return (await session.scalars(self.statement)).unique().one()
+
+    async def exists(self) -> bool:
+        """Whether the query matches any row (``SELECT EXISTS (...)``)."""
+        return bool(await session.scalar(select(self.statement.exists())))
+
+    async def first_or_404(self, description: str | None = None) -> _M:
+        """``first()``, or a 404 (``NotFound``) rendered by the app's error handlers."""
+        found = await self.first()
+        if found is None:
+            raise NotFound(description or f"No such {_readable(self.model)}.")
+        return found
+
+    async def one_or_404(self, description: str | None = None) -> _M:
+        """The one matching row, or a 404; more than one raises ``MultipleResultsFound``."""
+        found = (await session.scalars(self.statement)).unique().one_or_none()
+        if found is None:
+            raise NotFound(description or f"No such {_readable(self.model)}.")
+        return found
+
+    async def get_or_404(self, pk: Any, description: str | None = None) -> _M:
+        """``get(pk)``, or a 404 rendered by the app's error handlers."""
+        found = await self.get(pk)
+        if found is None:
+            raise NotFound(description or f"No such {_readable(self.model)}.")
+        return found
 
     async def count(self) -> int:
         counted = select(func.count()).select_from(self.statement.order_by(None).subquery())
@@ -108,7 +168,9 @@ class _QueryDescriptor:
         return Query(owner)
 
 
-_RESERVED = frozenset({"awaitable_attrs", "create", "delete", "get", "query", "save", "update"})
+_RESERVED = frozenset(
+    {"awaitable_attrs", "create", "delete", "get", "load", "query", "save", "update"}
+)
 
 
 class Model(AsyncAttrs, DeclarativeBase):
@@ -168,6 +230,15 @@ class Model(AsyncAttrs, DeclarativeBase):
         await session.delete(self)
         await _flush()
 
+    async def load(self, *relationships: QueryableAttribute[Any] | str) -> Self:
+        """Load these relationships of this object now: ``await book.load(Book.author)``.
+
+        One that is already loaded is left as it is (no query).
+        """
+        for name in relationship_names(type(self), relationships):
+            await getattr(self.awaitable_attrs, name)
+        return self
+
     @classmethod
     async def create(cls, **fields: Any) -> Self:
         """``await User.create(name="Foo")``: construct, then save."""
@@ -177,6 +248,10 @@ class Model(AsyncAttrs, DeclarativeBase):
     async def get(cls, pk: Any) -> Self | None:
         """The instance with this primary key, or ``None``."""
         return await session.get(cls, pk)
+
+
+def _readable(model: type[Any]) -> str:
+    return model.__name__.lower()
 
 
 def _is_method(value: object) -> bool:
