@@ -6,7 +6,7 @@ import asyncio
 from logging.config import fileConfig
 from typing import Any
 
-from sqlalchemy import event, pool
+from sqlalchemy import TypeDecorator, event, pool
 from sqlalchemy.engine import Connection
 
 from alembic import context
@@ -28,12 +28,29 @@ def _database_url() -> str:
     return url or Settings().database_url
 
 
+def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Render a column type of the project's own (``UTCDateTime``) with its import.
+
+    Alembic would write its full module path without importing it. The layer's
+    types are imported from ``service.db``, where they are public.
+    """
+    if kind != "type" or not isinstance(obj, TypeDecorator):
+        return False
+    cls = type(obj)
+    module = "service.db" if cls.__module__.startswith("service.db.") else cls.__module__
+    if module.startswith("sqlalchemy"):
+        return False
+    autogen_context.imports.add(f"from {module} import {cls.__name__}")
+    return repr(obj)
+
+
 def _configure(**options: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=_database_url().startswith("sqlite"),  # SQLite cannot ALTER most things
         compare_type=True,
         transactional_ddl=True,  # SQLite too: the engine takes over BEGIN
+        render_item=_render_item,
         **options,
     )
 
