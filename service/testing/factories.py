@@ -10,13 +10,15 @@ Build without saving with ``UserFactory.build()``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from datetime import UTC
 from typing import Any, Generic, TypeVar
 
 from polyfactory import PostGenerated, Use
 from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
 from polyfactory.persistence import AsyncPersistenceProtocol
 
-from service.db import Model, unit_of_work
+from service.db import Model, UTCDateTime, unit_of_work
 from service.ledger.auth import new_token
 from service.ledger.models import Account, User, utcnow
 
@@ -49,7 +51,16 @@ class ActiveRecordFactory(SQLAlchemyFactory[M], Generic[M]):
     __async_persistence__ = ActiveRecordPersistence
     __set_primary_key__ = False
     __set_foreign_keys__ = False  # pass them: AccountFactory.create_async(user_id=user.id)
+    __set_relationships__ = False  # no related rows made up: create them, and pass their ids
     __check_model__ = False
+
+    @classmethod
+    def get_sqlalchemy_types(cls) -> dict[Any, Callable[[], Any]]:
+        # UTCDateTime refuses naive datetimes, which is all polyfactory would make of it.
+        return {
+            **super().get_sqlalchemy_types(),
+            UTCDateTime: lambda: cls.__faker__.date_time(tzinfo=UTC),
+        }
 
 
 class UserFactory(ActiveRecordFactory[User]):
