@@ -13,13 +13,15 @@ from quart import Quart
 from sqlalchemy import Table
 
 from tests.db.models import Part, Widget
+from tests.newcomer.models import Author, Book
 
 pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")
 def service_test_tables() -> Sequence[Table]:
-    return [Widget.__table__, Part.__table__]  # type: ignore[list-item]
+    tables = [Widget.__table__, Part.__table__, Author.__table__, Book.__table__]
+    return tables  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -132,11 +132,14 @@ def test_the_layer_exports_a_small_public_surface() -> None:
     assert service.db.__all__ == [
         "Database",
         "Model",
+        "NotLoadedError",
         "Query",
+        "UTCDateTime",
         "UnitOfWorkError",
         "make_engine",
         "on_commit",
         "session",
+        "streaming_body",
         "unit_of_work",
     ]
     assert all(hasattr(service.db, name) for name in service.db.__all__)

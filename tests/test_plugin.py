@@ -165,6 +165,7 @@ def _configure(pytester: pytest.Pytester, *, loop_scope: str = "session") -> Non
     pytester.makeini(
         f"""
         [pytest]
+        service_app_factory = service.app:create_app
         asyncio_mode = auto
         asyncio_default_fixture_loop_scope = {loop_scope}
         asyncio_default_test_loop_scope = {loop_scope}

@@ -280,6 +280,7 @@ async def test_a_write_request_that_reads_first_waits_instead_of_failing(
     assert await stored_names() == ["first", "second"]
 
 
+@pytest.mark.usefixtures("errors_as_responses")  # /widgets/raise answers a 500
 @pytest.mark.service_committing
 async def test_the_registry_holds_no_session_after_many_requests(
     service_app: Quart, service_client: Client, fresh_probe: Probe
