@@ -22,7 +22,7 @@ migrate: install
 	$(BIN)/alembic upgrade head
 
 run: migrate
-	$(BIN)/hypercorn --bind $(HOST):$(PORT) service.app:app
+	$(BIN)/service serve --host $(HOST) --port $(PORT)
 
 test: test-sqlite test-postgres
 

@@ -26,6 +26,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
+READ_TIMEOUT = 15
+"""Hypercorn's: longer than the app's BODY_TIMEOUT, so that a slow body gets its 408 first."""
+KEEP_ALIVE_TIMEOUT = 5
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 _runner: Runner = asyncio.run
@@ -180,8 +183,27 @@ def upgrade() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve the API with Hypercorn."""
+@click.option(
+    "--read-timeout",
+    type=click.IntRange(1),
+    default=READ_TIMEOUT,
+    show_default=True,
+    help="Seconds a connection may send nothing (headers included) before it is closed.",
+)
+@click.option(
+    "--keep-alive",
+    type=click.IntRange(1),
+    default=KEEP_ALIVE_TIMEOUT,
+    show_default=True,
+    help="Seconds an idle keep-alive connection stays open.",
+)
+def serve(host: str, port: int, workers: int, read_timeout: int, keep_alive: int) -> None:
+    """Serve the API with Hypercorn.
+
+    A request's body must arrive within BODY_TIMEOUT (10 s; 408 otherwise) before any
+    database work starts; the read timeout closes a connection that stalls even before
+    its headers are in.
+    """
     from hypercorn.config import Config
     from hypercorn.run import run
 
@@ -189,6 +211,8 @@ def serve(host: str, port: int, workers: int) -> None:
     config.application_path = "service.app:app"
     config.bind = [f"{host}:{port}"]
     config.workers = workers
+    config.read_timeout = read_timeout
+    config.keep_alive_timeout = keep_alive
     sys.exit(run(config))
 
 

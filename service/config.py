@@ -37,12 +37,32 @@ class Settings(BaseSettings):
     database_pool_timeout: float = 10.0
     """Seconds a request waits for a pooled connection before it answers 503."""
 
+    database_pool_size: int = 10
+    """Connections each process keeps open (per Hypercorn worker, per Celery worker process)."""
+
+    database_max_overflow: int = 5
+    """Connections a process may open beyond the pool under load, closed when returned.
+
+    Each process may hold ``DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW`` connections (15):
+    keep ``workers x 15`` plus everything else that connects below PostgreSQL's
+    ``max_connections`` (100 by default), e.g. at most 5 workers per database server.
+    """
+
+    body_timeout: float = 10.0
+    """Seconds a request's body may take to arrive before the request answers 408.
+
+    No database work starts before the body is in (see the README's promise), so
+    this bounds how long a slow client can hold a worker's attention, never a
+    transaction or a pooled connection."""
+
     def engine_options(self) -> dict[str, float]:
-        """The timeouts as ``make_engine()`` takes them, for engines made outside the app."""
+        """The engine settings as ``make_engine()`` takes them, for engines made outside the app."""
         return {
             "connect_timeout": self.database_connect_timeout,
             "command_timeout": self.database_command_timeout,
             "pool_timeout": self.database_pool_timeout,
+            "pool_size": self.database_pool_size,
+            "max_overflow": self.database_max_overflow,
         }
 
     def to_app_config(self) -> dict[str, object]:
