@@ -94,12 +94,12 @@ def _serve_both(
     return pair.head, pair.base
 
 
-def _round_trips(checkout: Checkout, url: str) -> dict[str, Any]:
+def _round_trips(checkout: Checkout, url: str, *options: str) -> dict[str, Any]:
     """``bench/roundtrips.py`` run on the checkout's ``service``, in-process, on its database."""
     env = {**os.environ, **checkouts.SERVER_ENV, "PYTHONPATH": str(checkout.root)}
     script = ROOT / "bench" / "roundtrips.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--url", url],
+        [sys.executable, str(script), "--url", url, *options],
         cwd=checkout.root,
         env=env,
         capture_output=True,
@@ -128,6 +128,13 @@ def bench_postgresql(run: Run, peer: bool) -> None:
             for checkout in (run.head, run.base):
                 run.round_trips[checkout.label] = _round_trips(checkout, urls[checkout.label])
             base_url = urls[run.base.label]
+            if peer and not run.control:
+                customer = run.base_customers[0]
+                run.round_trips["peer"] = _round_trips(
+                    checkouts.this_checkout(),  # bench/peer_app.py is this checkout's
+                    base_url,
+                    *("--peer", "--token", customer.token, "--account", str(customer.accounts[0])),
+                )
             owners = asyncio.run(pgbench.account_owners(base_url))
             scripts = pgbench.write_scripts(owners, run.base_customers, run.work / "pgbench")
             print(f"\npgbench, the base's deposit SQL, -c{pgbench.CLIENTS}:", end="", flush=True)
@@ -247,7 +254,10 @@ def _report_round_trips(run: Run) -> None:
         request = name[0]
         line = f"{request:<20}"
         for label in labels:
-            counted = run.round_trips[label]["requests"][request]
+            counted = run.round_trips[label]["requests"].get(request)
+            if counted is None:  # the peer has no transfer
+                line += f"{'-':>14}{'-':>12}"
+                continue
             events, wire = statistics.median(counted["events"]), statistics.median(counted["wire"])
             line += f"{events:>14.0f}{wire:>12.0f}"
             if counted["events"] != counted["wire"]:

@@ -34,7 +34,8 @@ proxy, and prints both counts per request as JSON:
     PYTHONPATH=<checkout> python bench/roundtrips.py --url postgresql+asyncpg://.../db
 
 The script imports nothing else of this repository, so that the checkout on
-``PYTHONPATH`` provides ``service``.
+``PYTHONPATH`` provides ``service``. With ``--peer --token T --account N`` (and
+this repository on ``PYTHONPATH``) it counts ``bench/peer_app.py``'s instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url
@@ -261,80 +263,106 @@ class WireCounter:
 
 # --- the script: requests in-process, through the service on sys.path -------------------------
 
-
-@dataclass
-class _Sample:
-    events: int
-    wire: int
-    connects: int
-    log: str
+Calls = dict[str, Callable[[], Awaitable[Any]]]
 
 
-async def _measure(url: str, warmups: int, samples: int) -> dict[str, Any]:
-    target = make_url(url)
-    wire = WireCounter(target.host or "127.0.0.1", target.port or 5432)
-    port = await wire.start()
-    proxied = target.set(port=port).render_as_string(hide_password=False)
-    os.environ["DATABASE_URL"] = proxied  # read by service.app when it builds its app
-    os.environ.setdefault("RATE_LIMIT_ENABLED", "false")
+async def _count(calls: Calls, wire: WireCounter, warmups: int, samples: int) -> dict[str, Any]:
+    """Each call ``warmups`` times, then ``samples`` times counted, by the events and the wire."""
+    counted: dict[str, Any] = {}
+    for name, call in calls.items():
+        for _ in range(warmups):
+            await call()
+        events, exchanges, connects, log = [], [], [], ""
+        for _ in range(samples):
+            before = wire.exchanges
+            with count_round_trips() as trips:
+                response = await call()
+            if response.status_code >= 400:
+                raise RuntimeError(f"{name}: {response.status_code}")
+            events.append(trips.count)
+            exchanges.append(wire.exchanges - before)
+            connects.append(trips.connects)
+            log = str(trips)
+        counted[name] = {"events": events, "wire": exchanges, "connects": connects, "log": log}
+    return counted
+
+
+async def _service(wire: WireCounter, warmups: int, samples: int) -> dict[str, Any]:
+    """The ledger's GET, deposit and transfer for a new user, through the Quart test client."""
     import service
-    from service.app import app
+    from service.app import app  # built from DATABASE_URL, as Hypercorn serves it
 
-    results: dict[str, Any] = {"origin": str(service.__file__), "requests": {}}
-    try:
-        async with app.test_app():
-            client = app.test_client()
-            email = f"roundtrips-{os.getpid()}-{id(client)}@example.com"
-            user = await client.post("/users", json={"name": "Round trips", "email": email})
-            if user.status_code != 201:
-                raise RuntimeError(f"POST /users: {user.status_code} {await user.get_data()!r}")
-            headers = {"Authorization": f"Bearer {(await user.get_json())['token']}"}
-            accounts = []
-            for name in ("a", "b"):
-                made = await client.post(
-                    "/accounts", json={"name": name, "currency": "USD"}, headers=headers
-                )
-                accounts.append((await made.get_json())["id"])
-            funded = await client.post(
-                f"/accounts/{accounts[0]}/deposits", json={"amount": 10**9}, headers=headers
+    async with app.test_app():
+        client = app.test_client()
+        email = f"roundtrips-{os.getpid()}-{id(client)}@example.com"
+        user = await client.post("/users", json={"name": "Round trips", "email": email})
+        if user.status_code != 201:
+            raise RuntimeError(f"POST /users: {user.status_code} {await user.get_data()!r}")
+        headers = {"Authorization": f"Bearer {(await user.get_json())['token']}"}
+        accounts = []
+        for name in ("a", "b"):
+            made = await client.post(
+                "/accounts", json={"name": name, "currency": "USD"}, headers=headers
             )
-            if funded.status_code != 201:
-                raise RuntimeError(f"deposit: {funded.status_code} {await funded.get_data()!r}")
+            accounts.append((await made.get_json())["id"])
+        funded = await client.post(
+            f"/accounts/{accounts[0]}/deposits", json={"amount": 10**9}, headers=headers
+        )
+        if funded.status_code != 201:
+            raise RuntimeError(f"deposit: {funded.status_code} {await funded.get_data()!r}")
+        transfer = {"from_account_id": accounts[0], "to_account_id": accounts[1], "amount": 1}
+        calls: Calls = {
+            "GET /accounts/{id}": lambda: client.get(f"/accounts/{accounts[0]}", headers=headers),
+            "deposit": lambda: client.post(
+                f"/accounts/{accounts[0]}/deposits",
+                json={"amount": 100, "description": "bench"},
+                headers=headers,
+            ),
+            "transfer": lambda: client.post("/transfers", json=transfer, headers=headers),
+        }
+        counted = await _count(calls, wire, warmups, samples)
+    return {"origin": str(service.__file__), "requests": counted}
 
-            transfer = {"from_account_id": accounts[0], "to_account_id": accounts[1], "amount": 1}
-            calls: dict[str, Callable[[], Awaitable[Any]]] = {
-                "GET /accounts/{id}": lambda: client.get(
-                    f"/accounts/{accounts[0]}", headers=headers
-                ),
+
+async def _peer(
+    wire: WireCounter, warmups: int, samples: int, token: str, account: int
+) -> dict[str, Any]:
+    """``bench.peer_app``'s GET and deposit for an existing user, through httpx's ASGI app."""
+    import httpx
+
+    from bench import peer_app
+
+    headers = {"Authorization": f"Bearer {token}"}
+    transport = httpx.ASGITransport(app=peer_app.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://peer") as client:
+            calls: Calls = {
+                "GET /accounts/{id}": lambda: client.get(f"/accounts/{account}", headers=headers),
                 "deposit": lambda: client.post(
-                    f"/accounts/{accounts[0]}/deposits",
+                    f"/accounts/{account}/deposits",
                     json={"amount": 100, "description": "bench"},
                     headers=headers,
                 ),
-                "transfer": lambda: client.post("/transfers", json=transfer, headers=headers),
             }
-            for name, call in calls.items():
-                for _ in range(warmups):
-                    await call()
-                measured: list[_Sample] = []
-                for _ in range(samples):
-                    before = wire.exchanges
-                    with count_round_trips() as trips:
-                        response = await call()
-                    if response.status_code >= 400:
-                        raise RuntimeError(f"{name}: {response.status_code}")
-                    measured.append(
-                        _Sample(trips.count, wire.exchanges - before, trips.connects, str(trips))
-                    )
-                results["requests"][name] = {
-                    "events": [s.events for s in measured],
-                    "wire": [s.wire for s in measured],
-                    "connects": [s.connects for s in measured],
-                    "log": measured[-1].log,
-                }
+            counted = await _count(calls, wire, warmups, samples)
+    finally:
+        await peer_app.alchemy_config.get_engine().dispose()
+    return {"origin": str(peer_app.__file__), "requests": counted}
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    target = make_url(args.url)
+    wire = WireCounter(target.host or "127.0.0.1", target.port or 5432)
+    port = await wire.start()
+    proxied = target.set(port=port).render_as_string(hide_password=False)
+    os.environ["DATABASE_URL"] = proxied  # what the app reads when it is built
+    os.environ.setdefault("RATE_LIMIT_ENABLED", "false")
+    try:
+        if args.peer:
+            return await _peer(wire, args.warmups, args.samples, args.token, args.account)
+        return await _service(wire, args.warmups, args.samples)
     finally:
         await wire.close()
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,8 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="a migrated PostgreSQL database")
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--peer", action="store_true", help="bench.peer_app instead of service")
+    parser.add_argument("--token", help="--peer: a user's token in that database")
+    parser.add_argument("--account", type=int, help="--peer: an account of that user")
     args = parser.parse_args(argv)
-    results = asyncio.run(_measure(args.url, args.warmups, args.samples))
+    here = Path(__file__).resolve().parent
+    # Run as a script, this directory heads sys.path: nothing here may shadow what the
+    # checkout on PYTHONPATH imports.
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
+    results = asyncio.run(_measure(args))
     print("ROUNDTRIPS " + json.dumps(results), flush=True)
     return 0
 
