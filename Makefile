@@ -53,23 +53,25 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 # Head against the base commit (issues 12 and 11), then the layer's own benchmarks; about 15
-# minutes. `make bench QUICK=1`: fewer, shorter rounds (about 6 minutes).
+# minutes. `make bench QUICK=1`: fewer, shorter rounds (about 6 minutes). Each benchmark's
+# PostgreSQL databases are named after BENCH_POSTGRES (bench_compare_head, bench_uow, ...).
 BENCH_QUICK := $(if $(QUICK),--quick,)
+BENCH_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/bench
 bench: install $(BENCH_STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
-	$(BIN)/python bench/compare.py $(BENCH_QUICK)
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES) $(BIN)/python bench/compare.py $(BENCH_QUICK)
 	$(BIN)/python bench/sqlite_writes.py $(BENCH_QUICK)
-	$(BIN)/python bench/uow.py $(BENCH_QUICK)
-	$(BIN)/python bench/ledger_load.py
-	$(BIN)/python bench/isolation.py
-	$(BIN)/python bench/import_entries.py
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_uow $(BIN)/python bench/uow.py $(BENCH_QUICK)
+	LEDGER_LOAD_POSTGRES_URL=$(BENCH_POSTGRES)_ledger_load $(BIN)/python bench/ledger_load.py
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_isolation $(BIN)/python bench/isolation.py
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_import $(BIN)/python bench/import_entries.py
 
 # Instructions per request under callgrind: about half an hour on this machine, so apart from
 # `make bench`. Figures for a profile, not for speed claims (those are wall-clock ratios).
 bench-instructions: install
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
-	$(BIN)/python bench/uow_instructions.py
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_uow $(BIN)/python bench/uow_instructions.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
