@@ -29,7 +29,8 @@ clones): its ratios are this machine's noise floor, and it prints no verdicts.
 PostgreSQL: the server of ``BENCH_POSTGRES_URL`` (``.../bench`` by default), in the
 databases ``bench_compare_head`` and ``bench_compare_base``, dropped afterwards.
 
-Usage: ``python bench/compare.py [--quick] [--db sqlite|postgresql|all] [--control] [--no-peer]``
+Usage: ``python bench/compare.py [--quick] [--rounds N] [--seconds S] [--db sqlite|postgresql|all]
+[--control] [--no-peer]``
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import checkouts, pgbench  # noqa: E402 - importable once the path is set
+from bench import checkouts, load, pgbench  # noqa: E402 - importable once the path is set
 from bench.checkouts import BASE_COMMIT, Checkout  # noqa: E402
-from bench.load import FULL, QUICK, Comparison, Plan, Side, alternate, write_script  # noqa: E402
+from bench.load import Comparison, Plan, Side  # noqa: E402
 from bench.seed import Customer  # noqa: E402
 from bench.servers import Server  # noqa: E402
 
@@ -122,7 +123,7 @@ def bench_postgresql(run: Run, peer: bool) -> None:
             head, base = _serve_both(run, "postgresql", urls, stack)
             for endpoint, mode in REQUESTS:
                 run.comparisons.append(
-                    alternate("PostgreSQL", endpoint, mode, head, base, run.plan, run.script)
+                    load.alternate("PostgreSQL", endpoint, mode, head, base, run.plan, run.script)
                 )
             print("\nround trips per request (in-process, through a counting proxy)", flush=True)
             for checkout in (run.head, run.base):
@@ -153,7 +154,7 @@ def bench_postgresql(run: Run, peer: bool) -> None:
                 peer_side = Side("peer", server, base.users)
                 for endpoint, mode in PEER_REQUESTS:
                     run.peer.append(
-                        alternate(
+                        load.alternate(
                             "PostgreSQL", endpoint, mode, head, peer_side, run.plan, run.script
                         )
                     )
@@ -171,7 +172,7 @@ def bench_sqlite(run: Run) -> None:
         head, base = _serve_both(run, "sqlite", urls, stack)
         for endpoint, mode in REQUESTS:
             run.comparisons.append(
-                alternate("SQLite", endpoint, mode, head, base, run.plan, run.script)
+                load.alternate("SQLite", endpoint, mode, head, base, run.plan, run.script)
             )
 
 
@@ -286,7 +287,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
+    load.add_plan_options(parser)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "all"], default="all")
     parser.add_argument("--base", default=BASE_COMMIT, help=f"the base commit ({BASE_COMMIT})")
     parser.add_argument("--control", action="store_true", help="the base on both sides")
@@ -304,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         head = checkouts.this_checkout()
         if args.control:
             head = checkouts.clone_at(args.base, work / "base2", "base2")
-        plan = QUICK if args.quick else FULL
-        run = Run(head, base, plan, work, write_script(work), args.control)
+        plan = load.plan_from(args)
+        run = Run(head, base, plan, work, load.write_script(work), args.control)
         print(f"head: {head}\nbase: {base}")
         print(
             f"{plan.rounds} rounds of {plan.seconds} s a side after a {plan.warmup_seconds} s "

@@ -9,6 +9,7 @@ the noise.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -80,6 +81,17 @@ class Plan:
 
 FULL = Plan(rounds=7, seconds=3, warmup_seconds=2)
 QUICK = Plan(rounds=3, seconds=2, warmup_seconds=1)
+
+
+def add_plan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s (7 of 3 s)")
+    parser.add_argument("--rounds", type=int, help="rounds per comparison")
+    parser.add_argument("--seconds", type=int, help="seconds per burst")
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    return Plan(args.rounds or plan.rounds, args.seconds or plan.seconds, plan.warmup_seconds)
 
 
 @dataclass(frozen=True)

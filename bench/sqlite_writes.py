@@ -17,7 +17,8 @@ log, summed over the rounds) and the non-2xx answers and socket errors (wrk).
 Targets (issue 11), for the head: at 1 worker p99 at most 3x p50; at 2 workers
 no "database is locked" at all. ``--control`` serves the base on both sides.
 
-Usage: ``python bench/sqlite_writes.py [--quick] [--control] [--workers 1,2]``
+Usage: ``python bench/sqlite_writes.py [--quick] [--rounds N] [--seconds S] [--control]
+[--workers 1,2]``
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import checkouts  # noqa: E402 - importable once the path is set
+from bench import checkouts, load  # noqa: E402 - importable once the path is set
 from bench.checkouts import BASE_COMMIT, Pair  # noqa: E402
-from bench.load import FULL, QUICK, Comparison, alternate, write_script  # noqa: E402
+from bench.load import Comparison  # noqa: E402
 
 TAIL_RATIO = 3.0
 
@@ -83,7 +84,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
+    load.add_plan_options(parser)
     parser.add_argument("--base", default=BASE_COMMIT, help=f"the base commit ({BASE_COMMIT})")
     parser.add_argument("--control", action="store_true", help="the base on both sides")
     parser.add_argument("--workers", default="1,2", help="worker counts, in order (1,2)")
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
-    plan = QUICK if args.quick else FULL
+    plan = load.plan_from(args)
     results: list[tuple[int, Comparison]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sqlite-writes-") as tmp:
         work = Path(tmp)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"head: {head}\nbase: {base}")
         rounds = f"{plan.rounds} rounds of {plan.seconds} s a side"
         print(f"{rounds} after a {plan.warmup_seconds} s warm-up")
-        script = write_script(work)
+        script = load.write_script(work)
         urls = {
             c.label: f"sqlite+aiosqlite:///{work / f'sqlite-{c.label}' / 'ledger.db'}"
             for c in (head, base)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     head, base, "sqlite", urls, work, stack, workers=workers, seeded=seeded
                 )
                 seeded = pair
-                comparison = alternate(
+                comparison = load.alternate(
                     "SQLite",
                     f"deposit, {workers} worker(s)",
                     "deposit",
