@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,17 @@ def serve(
     return server
 
 
-def check_origin(server: Server, checkout: Checkout, workers: int) -> None:
-    """Every process that imported ``service`` imported the checkout's; at least ``workers``."""
-    origins = re.findall(r"^bench_served: pid \d+ serves (.+)$", server.log_since(0), re.M)
+def check_origin(server: Server, checkout: Checkout, workers: int, timeout: float = 60) -> None:
+    """Every process that imported ``service`` imported the checkout's; at least ``workers``.
+
+    The first worker may answer before the others have started: wait for them to log.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        origins = re.findall(r"^bench_served: pid \d+ serves (.+)$", server.log_since(0), re.M)
+        if len(origins) >= workers or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     expected = str(checkout.root.resolve())
     if len(origins) < workers or any(origin != expected for origin in origins):
         raise RuntimeError(

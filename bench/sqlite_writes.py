@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     plan = load.plan_from(args)
     results: list[tuple[int, Comparison]] = []
+    skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-sqlite-writes-") as tmp:
         work = Path(tmp)
         base = checkouts.clone_at(args.base, work / "base", "base")
@@ -112,22 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         }
         seeded: Pair | None = None
         for workers in (int(n) for n in args.workers.split(",")):
-            with ExitStack() as stack:
-                pair = checkouts.serve_pair(
-                    head, base, "sqlite", urls, work, stack, workers=workers, seeded=seeded
-                )
-                seeded = pair
-                comparison = load.alternate(
-                    "SQLite",
-                    f"deposit, {workers} worker(s)",
-                    "deposit",
-                    pair.head,
-                    pair.base,
-                    plan,
-                    script,
-                )
-                results.append((workers, comparison))
+            try:
+                with ExitStack() as stack:
+                    pair = checkouts.serve_pair(
+                        head, base, "sqlite", urls, work, stack, workers=workers, seeded=seeded
+                    )
+                    seeded = pair
+                    endpoint = f"deposit, {workers} worker(s)"
+                    comparison = load.alternate(
+                        "SQLite", endpoint, "deposit", pair.head, pair.base, plan, script
+                    )
+                    results.append((workers, comparison))
+            except Exception as error:  # measure the rest, and say what went wrong
+                skipped.append(f"{workers} worker(s): {type(error).__name__}: {error}")
+                print(f"\nskipped {skipped[-1]}", flush=True)
         report(results, args.control)
+        for reason in skipped:
+            print(f"\nskipped: {reason}")
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     return 0
 
