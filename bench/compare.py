@@ -199,7 +199,7 @@ def _table(run: Run, comparisons: list[Comparison], verdicts: bool) -> None:
     a, b = comparisons[0].a_label, comparisons[0].b_label
     header = (
         f"{'database':<12}{'request':<20}{a + ' req/s':>11}{b + ' req/s':>12}{a + '/' + b:>11}"
-        f"  {'per round':<11}{a + ' p50':>9}{b + ' p50':>9}{a + ' p99':>9}{b + ' p99':>9}"
+        f"  {'per round':<11}{a + ' p50':>10}{b + ' p50':>10}{a + ' p99':>10}{b + ' p99':>10}"
     )
     if verdicts:
         header += f"  {'target':<24}verdict"
@@ -208,8 +208,8 @@ def _table(run: Run, comparisons: list[Comparison], verdicts: bool) -> None:
     for c in comparisons:
         line = (
             f"{c.database:<12}{c.endpoint:<20}{c.rate('a'):>11.1f}{c.rate('b'):>12.1f}"
-            f"{c.ratio:>10.2f}x  {c.noise:<11}{c.p50('a'):>9.1f}{c.p50('b'):>9.1f}"
-            f"{c.p99('a'):>9.1f}{c.p99('b'):>9.1f}"
+            f"{c.ratio:>10.2f}x  {c.noise:<11}{c.p50('a'):>10.1f}{c.p50('b'):>10.1f}"
+            f"{c.p99('a'):>10.1f}{c.p99('b'):>10.1f}"
         )
         if verdicts:
             wanted, verdict = _verdict(run, c)
