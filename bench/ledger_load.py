@@ -35,7 +35,10 @@ from service.ledger.models import Account, Entry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/ledger_load"
+POSTGRES_URL = os.environ.get(
+    "LEDGER_LOAD_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/ledger_load"
+)
+"""Dropped and made anew at each run."""
 PORT = 8765
 USERS = 10
 ACCOUNTS_PER_USER = 3

@@ -44,6 +44,10 @@ class Server:
     Hypercorn runs its workers in child processes; all are in a session (and a
     process group) of their own, so they are signalled, stopped, and their CPU
     time read, together. ``options`` are more Hypercorn command-line options.
+
+    ``root`` is the checkout served: the server runs in it with it on
+    ``PYTHONPATH``, so ``service`` is that checkout's (another commit's clone, served
+    by this interpreter and its packages). ``pythonpath`` goes before it.
     """
 
     def __init__(
@@ -55,6 +59,8 @@ class Server:
         *,
         workers: int = 1,
         options: tuple[str, ...] = (),
+        root: Path = ROOT,
+        pythonpath: tuple[Path, ...] = (),
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -63,10 +69,11 @@ class Server:
         self._log: IO[bytes] = self.log_path.open("wb")
         command = [_hypercorn(), "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
         command += [*options, target]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        search = os.pathsep.join(str(path) for path in (*pythonpath, root))
+        full_env = {**os.environ, "PYTHONPATH": search, **env}
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=root,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -104,6 +111,17 @@ class Server:
             if int(fields[2]) == group:
                 total += int(fields[11]) + int(fields[12])
         return total / CLOCK_TICKS if total else None
+
+    def log_size(self) -> int:
+        """Bytes written to the log so far: pass it to ``log_since`` to read what came after."""
+        self._log.flush()
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        self._log.flush()
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
