@@ -61,6 +61,9 @@ __all__ = ["RoundTrips", "WireCounter", "count_round_trips"]
 _NEW = "bench.roundtrips.new"  # made and not checked out yet: SQLAlchemy does not ping it
 _PING_PREPARED = "bench.roundtrips.ping_prepared"  # ";" prepared at the last check-in seen
 _PING = ";"  # what SQLAlchemy's asyncpg adapter sends to ping
+# Set by the layer (service.db._server, since issue 12) when it checks an idle pooled
+# connection at checkout: one round trip. A literal, so that the script imports no checkout.
+_LAYER_PINGED = "service.db.pinged"
 
 
 def _short(statement: str, width: int = 90) -> str:
@@ -143,6 +146,9 @@ def count_round_trips() -> Iterator[RoundTrips]:
         trips.checkouts.append(id(info))
         new = info.pop(_NEW, False)
         prepared = info.pop(_PING_PREPARED, True)  # unseen: assume pinged before
+        if info.pop(_LAYER_PINGED, False):  # the layer's check of an idle connection
+            log("ping: SELECT 1 (an idle connection, checked by the layer)")
+            return
         if new or not getattr(connection.engine.pool, "_pre_ping", False):
             return
         dbapi_connection: Any = connection.connection.dbapi_connection

@@ -11,6 +11,7 @@ request once more on connections that have already served it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.roundtrips import RoundTrips, count_round_trips
+from service.db._server import PING_AFTER
 from service.testing.factories import UserFactory
 
 pytestmark = pytest.mark.service_committing
@@ -82,11 +84,6 @@ async def test_a_deposit_makes_at_most_5_round_trips(service_client: Client) -> 
     assert trips.count <= 5, f"a deposit made {trips.count} round trips:\n{trips}"
 
 
-@pytest.mark.xfail(
-    reason="issue 12: 7 round trips today (pre-ping 3, BEGIN, 2 statements, COMMIT)",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.usefixtures("postgresql")
 async def test_a_get_makes_at_most_3_round_trips(service_client: Client) -> None:
     headers, account_id = await _account(service_client)
@@ -97,3 +94,22 @@ async def test_a_get_makes_at_most_3_round_trips(service_client: Client) -> None
     trips = await _counted(read, 200)
 
     assert trips.count <= 3, f"a GET made {trips.count} round trips:\n{trips}"
+    assert "BEGIN" not in trips.exchanges  # a read-only unit of work runs in autocommit
+
+
+@pytest.mark.usefixtures("postgresql")
+async def test_a_connection_idle_for_a_while_costs_one_round_trip_more_its_check(
+    service_client: Client,
+) -> None:
+    headers, account_id = await _account(service_client)
+
+    def read() -> Awaitable[Any]:
+        return service_client.get(f"/accounts/{account_id}", headers=headers)
+
+    busy = await _counted(read, 200)
+    await asyncio.sleep(PING_AFTER + 0.1)
+    with count_round_trips() as idle:
+        assert (await read()).status_code == 200
+
+    assert idle.count == busy.count + 1, f"after a pause:\n{idle}"
+    assert idle.exchanges[0].startswith("ping")

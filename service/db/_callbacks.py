@@ -35,6 +35,18 @@ def register(session: AsyncSession, callback: Callback) -> None:
     session.info.setdefault(_PENDING, []).append((savepoint, callback))
 
 
+def count(session: AsyncSession) -> int:
+    """How many callbacks wait for the session's commit."""
+    return len(session.info.get(_PENDING, ()))
+
+
+def drop_after(session: AsyncSession, kept: int) -> None:
+    """Drop the callbacks registered after the first ``kept`` (a block that failed)."""
+    pending = session.info.get(_PENDING)
+    if pending:
+        del pending[kept:]
+
+
 def take_committed(session: AsyncSession) -> list[Callback]:
     """The callbacks whose transaction has committed, removed from the session."""
     callbacks: list[Callback] = session.info.pop(_COMMITTED, [])

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from service.db import _server as server
 from service.db import _sqlite as sqlite
 
 __all__ = ["CONFIG_OPTIONS", "default_engine", "engine_options", "make_engine"]
@@ -49,9 +50,9 @@ def make_engine(
     created, foreign keys enforced, WAL, a busy timeout and a BEGIN of the
     layer's own, which queues the process's writers fairly (``_sqlite``).
 
-    A database server is one that can go away. Its pooled connections are
-    checked before use (``pool_pre_ping``), so one the server dropped is
-    replaced instead of failing a request; and with asyncpg, ``connect_timeout``
+    A database server is one that can go away. A pooled connection idle for
+    more than half a second is checked before use (``_server``), so one the
+    server dropped is replaced instead of failing a request; and with asyncpg, ``connect_timeout``
     and ``command_timeout`` (seconds) bound how long a connection attempt and a
     statement may take, so that a database that does not answer fails the
     request instead of hanging it. SQLite has neither: it waits for its write
@@ -59,12 +60,16 @@ def make_engine(
     """
     url = make_url(url)
     if url.get_backend_name() != "sqlite":
-        options.setdefault("pool_pre_ping", True)
-        if url.get_driver_name() == "asyncpg":
-            timeouts = {"timeout": connect_timeout, "command_timeout": command_timeout}
-            connect_args = {name: value for name, value in timeouts.items() if value is not None}
-            options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
-        return create_async_engine(url, **options)
+        if url.get_driver_name() != "asyncpg":
+            options.setdefault("pool_pre_ping", True)
+            return create_async_engine(url, **options)
+        timeouts = {"timeout": connect_timeout, "command_timeout": command_timeout}
+        connect_args = {name: value for name, value in timeouts.items() if value is not None}
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
+        engine = create_async_engine(url, **options)
+        if not options.get("pool_pre_ping"):
+            server.ping_when_idle(engine)
+        return engine
     if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
         raise ValueError(
             f"{url!r}: use a SQLite file such as sqlite+aiosqlite:///var/service.db. An in-memory "

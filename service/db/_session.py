@@ -50,6 +50,9 @@ class UnitOfWorkError(RuntimeError):
 # means "child task of a unit of work", not "inside one".
 _current: ContextVar[UnitOfWork | None] = ContextVar("service_db_unit_of_work", default=None)
 
+READONLY = "service.db.readonly"
+"""The key in ``session.info`` that marks a read-only unit's session (``_readonly``)."""
+
 # Set by tests: every session joins this connection's transaction (savepoints).
 _joined: _JoinedConnection | None = None
 
@@ -125,6 +128,8 @@ class _SessionMaker(async_sessionmaker[AsyncSession]):
         made = super().__call__(**local_kw)
         if unit is not None:
             unit.session = made
+            if unit.readonly:
+                made.info[READONLY] = True
         return made
 
 

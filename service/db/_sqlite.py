@@ -22,6 +22,8 @@ import os
 import sqlite3
 import time
 import weakref
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
@@ -96,23 +98,29 @@ def _gate_for(path: str) -> WriterGate:
 
 
 class GatedConnection(aiosqlite.Connection):
-    """aiosqlite's connection, whose write transactions pass the gate of its database.
+    """aiosqlite's connection: one hop to its thread per statement, writers through the gate.
 
-    The gate is held from before BEGIN IMMEDIATE until the transaction has ended
-    in the connection's thread: a COMMIT, a ROLLBACK (the pool's reset after a
-    failure included) or the connection's close.
+    aiosqlite crosses to the connection's thread for every cursor call (make,
+    execute, fetch, close: four hops a query) and for BEGIN. Here a statement is
+    executed and its rows fetched in one hop, and the layer's BEGIN goes in the
+    same hop as the transaction's first statement. A writer's gate is held from
+    before its BEGIN IMMEDIATE until the transaction has ended in the connection's
+    thread: a COMMIT, a ROLLBACK (the pool's reset after a failure included) or
+    the connection's close.
     """
 
     def __init__(self, connector: Callable[[], sqlite3.Connection], gate: WriterGate) -> None:
         super().__init__(connector, iter_chunk_size=64)
         self.gate = gate
         self._holds_gate = False
+        self._begin: _Begin | None = None
 
     async def begin(self, *, write: bool, unit: UnitOfWork | None) -> None:
+        """Begin a transaction with the next statement: IMMEDIATE through the gate, or DEFERRED."""
         if not write:
-            await self._run(self._conn.execute, "BEGIN")
+            self._begin = _Begin("BEGIN", 0.0)
             return
-        started = time.monotonic()
+        deadline = time.monotonic() + BUSY_TIMEOUT
         try:
             async with asyncio.timeout(BUSY_TIMEOUT):
                 await self.gate.acquire(unit)
@@ -123,22 +131,33 @@ class GatedConnection(aiosqlite.Connection):
         self._holds_gate = True
         # From here on the gate is released by whatever ends the transaction, after the
         # thread has run it: never while a BEGIN may still be under way there.
-        remaining = max(BUSY_TIMEOUT - (time.monotonic() - started), 0.0)
-        await self._run(_begin_immediate, self._conn, remaining)
+        self._begin = _Begin("BEGIN IMMEDIATE", deadline)
 
-    async def _run(self, function: Callable[..., object], *args: object) -> None:
-        """Run ``function(*args)`` in the connection's thread (aiosqlite's queue)."""
-        await self._execute(function, *args)  # type: ignore[no-untyped-call]
+    def cursor(self) -> _Cursor:  # type: ignore[override]
+        return _Cursor(self)
+
+    async def run_statement(self, sql: str, parameters: Any, *, many: bool) -> _Outcome:
+        begin, self._begin = self._begin, None
+        outcome: _Outcome = await self._execute(  # type: ignore[no-untyped-call]
+            _statement, self._conn, begin, sql, parameters, many
+        )
+        return outcome
 
     async def commit(self) -> None:
         try:
-            await super().commit()
+            if self._begin is not None:
+                self._begin = None  # no statement ran: there is no transaction to commit
+            else:
+                await super().commit()
         finally:
             self._release()
 
     async def rollback(self) -> None:
         try:
-            await super().rollback()
+            if self._begin is not None:
+                self._begin = None
+            elif self._connection is not None and self._conn.in_transaction:
+                await super().rollback()  # else nothing to roll back: no hop for it
         finally:
             self._release()
 
@@ -146,12 +165,95 @@ class GatedConnection(aiosqlite.Connection):
         try:
             await super().close()
         finally:
+            self._begin = None
             self._release()
 
     def _release(self) -> None:
         if self._holds_gate:
             self._holds_gate = False
             self.gate.release()
+
+
+@dataclass(frozen=True, slots=True)
+class _Begin:
+    statement: str
+    deadline: float
+    """For BEGIN IMMEDIATE: when to give up waiting for other processes' writers."""
+
+
+_Outcome = tuple[Any, list[Any], int, int | None]
+"""A statement's description, rows, rowcount and lastrowid."""
+
+
+class _Cursor:
+    """The async cursor SQLAlchemy's aiosqlite adapter drives, over ``run_statement``.
+
+    The rows come with the statement, so fetching and closing cost no hop; a
+    server-side cursor's rows are buffered the same way.
+    """
+
+    __slots__ = ("_connection", "_rows", "arraysize", "description", "lastrowid", "rowcount")
+
+    def __init__(self, connection: GatedConnection) -> None:
+        self._connection = connection
+        self._rows: deque[Any] = deque()
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    async def __aenter__(self) -> _Cursor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def execute(self, sql: str, parameters: Any = ()) -> _Cursor:
+        return self._done(await self._connection.run_statement(sql, parameters, many=False))
+
+    async def executemany(self, sql: str, parameters: Any) -> _Cursor:
+        return self._done(await self._connection.run_statement(sql, parameters, many=True))
+
+    def _done(self, outcome: _Outcome) -> _Cursor:
+        self.description, rows, self.rowcount, self.lastrowid = outcome
+        self._rows = deque(rows)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = min(size or self.arraysize, len(self._rows))
+        return [self._rows.popleft() for _ in range(count)]
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = list(self._rows), deque()
+        return rows
+
+    async def close(self) -> None:
+        self._rows.clear()
+
+
+def _statement(
+    connection: sqlite3.Connection, begin: _Begin | None, sql: str, parameters: Any, many: bool
+) -> _Outcome:
+    """In the connection's thread: the pending BEGIN, the statement, and all its rows."""
+    if begin is not None:
+        if begin.deadline:
+            _begin_immediate(connection, max(begin.deadline - time.monotonic(), 0.0))
+        else:
+            connection.execute(begin.statement)
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, parameters)
+        else:
+            cursor.execute(sql, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
 
 
 def _begin_immediate(connection: sqlite3.Connection, timeout: float) -> None:
@@ -198,7 +300,7 @@ def connector(database: str) -> Callable[[], Coroutine[Any, Any, GatedConnection
 
 
 def begin(connection: Connection) -> None:
-    """The engine's ``begin`` event: the layer's own BEGIN, through the gate for a writer."""
+    """The engine's ``begin`` event: the layer's own BEGIN, sent with the first statement."""
     unit = _current.get()
     driver: GatedConnection = connection.connection.driver_connection  # type: ignore[assignment]
     await_(driver.begin(write=unit is None or not unit.readonly, unit=unit))

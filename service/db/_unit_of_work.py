@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
 from service.db._engine import default_engine
+from service.db._readonly import readonly_bind
 from service.db._session import (
     Bind,
     UnitOfWorkError,
@@ -92,6 +93,8 @@ class UnitOfWork:
             raise UnitOfWorkError("A unit of work must run inside an asyncio task.")
         self.task = task
         self.readonly = readonly
+        if readonly:
+            bind = readonly_bind(bind or session.session_factory.kw.get("bind"))
         self.bind = bind
         self.parent = _current.get()
         """The unit of work of the task this one's task was started from, if any."""
@@ -231,6 +234,7 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
         self.backoff = backoff
         self._unit: UnitOfWork | None = None
         self._savepoint: AsyncSessionTransaction | None = None
+        self._callbacks_before: int | None = None
 
     def _attempt(self) -> Self:
         """A fresh context manager for one attempt; the retries are the decorator's."""
@@ -261,14 +265,21 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
         return run
 
     async def __aenter__(self) -> None:
-        if self._unit is not None or self._savepoint is not None:
+        active = (self._unit, self._savepoint, self._callbacks_before)
+        if any(part is not None for part in active):
             raise UnitOfWorkError("This unit_of_work() is already active; it is not reentrant.")
         if self.retries:
             raise UnitOfWorkError(
                 "`unit_of_work(retries=...)` re-runs a coroutine, which a `with` block cannot "
                 "be: decorate the coroutine with `@unit_of_work(retries=...)` instead."
             )
-        if current_unit_of_work() is not None:
+        current = current_unit_of_work()
+        if current is not None and current.readonly:
+            # Nothing can be written, so there is nothing for a savepoint to undo (and on
+            # PostgreSQL no transaction to hold one): only the callbacks are kept apart.
+            self._callbacks_before = _callbacks.count(session())
+            return
+        if current is not None:
             self._savepoint = await session().begin_nested()
             return
         bind = self.bind
@@ -286,6 +297,11 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
     ) -> None:
         unit, savepoint = self._unit, self._savepoint
         self._unit = self._savepoint = None
+        if self._callbacks_before is not None:
+            before, self._callbacks_before = self._callbacks_before, None
+            if exc_type is not None:
+                _callbacks.drop_after(session(), before)
+            return
         if savepoint is not None:
             if not savepoint.is_active:
                 return  # already rolled back, with the whole session, by a failed save()

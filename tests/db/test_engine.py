@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from service.db import make_engine, unit_of_work
+from service.db._server import PING_AFTER
 from tests.db.conftest import ReadNames
 from tests.db.models import Widget
 from tests.db.silent import silent_server
@@ -137,12 +139,39 @@ async def test_a_pooled_connection_the_server_dropped_is_replaced_before_use(
             dropped = await connection.scalar(text("SELECT pg_backend_pid()"))
         async with other.connect() as killer:
             await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
+        await asyncio.sleep(PING_AFTER + 0.1)  # idle long enough to be checked at checkout
 
         async with engine.connect() as connection:
             replaced = await connection.scalar(text("SELECT pg_backend_pid()"))
     finally:
         await engine.dispose()
         await other.dispose()
+    assert replaced != dropped
+
+
+@pytest.mark.service_committing
+async def test_a_connection_dropped_within_the_window_fails_once_then_is_replaced(
+    postgres_url: str,
+) -> None:
+    # Used a moment ago, it is trusted without a check (a round trip saved on nearly every
+    # request); if the server dropped it meanwhile, that one use fails as a lost connection.
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    other = make_engine(postgres_url)
+    try:
+        async with engine.connect() as connection:
+            dropped = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with other.connect() as killer:
+            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
+
+        with pytest.raises(DBAPIError) as failed:
+            async with engine.connect() as connection:
+                await connection.scalar(text("SELECT 1"))
+        async with engine.connect() as connection:
+            replaced = await connection.scalar(text("SELECT pg_backend_pid()"))
+    finally:
+        await engine.dispose()
+        await other.dispose()
+    assert failed.value.connection_invalidated
     assert replaced != dropped
 
 
