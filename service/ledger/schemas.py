@@ -5,9 +5,23 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+import pycountry
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_AMOUNT = 10**12
+MAX_BALANCE = 10**15
+"""No balance may exceed this (10^13 in major units): far below BIGINT's 9.2 * 10^18, so no
+sum of balances or of a statement's movements can overflow the column either."""
+MAX_TOKEN_DAYS = 3650
 
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)")]
 # Any text is stored verbatim, except the NUL character, which PostgreSQL cannot store.
@@ -17,7 +31,22 @@ Name = Annotated[
 ]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["USD"])]
+CURRENCIES = sorted(currency.alpha_3 for currency in pycountry.currencies)
+"""ISO 4217, as the pycountry package has it."""
+
+
+def _iso_4217(code: str) -> str:
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise ValueError("not an ISO 4217 currency code")
+    return code
+
+
+Currency = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{3}$"),
+    AfterValidator(_iso_4217),
+    WithJsonSchema({"type": "string", "enum": CURRENCIES, "examples": ["USD"]}),
+]
 
 
 class Body(BaseModel):
@@ -38,6 +67,36 @@ class UserOut(BaseModel):
 
 class NewUserOut(UserOut):
     token: str = Field(description="Shown this once; only its hash is stored.")
+
+
+class NewToken(Body):
+    name: Name
+    expires_in_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TOKEN_DAYS,
+        strict=True,
+        description="The token stops working after this many days; never, if left out.",
+    )
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    prefix: str | None = Field(
+        description="The secret's first characters; null for a token issued before prefixes"
+    )
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Kept to within about a minute")
+    expires_at: datetime | None
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(description="The secret, shown this once; only its hash is stored.")
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
 
 
 class NewAccount(Body):
@@ -99,16 +158,6 @@ class PageQuery(Body):
 
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = None
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: list[dict[str, object]] | None = None
-
-
-class ErrorOut(BaseModel):
-    error: ErrorDetail
 
 
 class Period(BaseModel):
