@@ -52,7 +52,8 @@ class NoContent:
 
 
 class Provider(OpenAPIProvider):
-    """quart-schema's document, with bodiless answers and error statuses described."""
+    """quart-schema's document, with bodiless answers, required bodies and error statuses
+    described."""
 
     def build_response_object(
         self, model: Any, headers_model: Any
@@ -65,6 +66,8 @@ class Provider(OpenAPIProvider):
         document = super().schema()
         for operations in document["paths"].values():
             for operation in operations.values():
+                if "requestBody" in operation:
+                    operation["requestBody"]["required"] = True  # no body is a 400, not a default
                 for status, response in operation["responses"].items():
                     if int(status) >= 400 or not response.get("description"):
                         response["description"] = HTTPStatus(int(status)).phrase

@@ -12,6 +12,8 @@ import pytest
 from quart.typing import TestClientProtocol as Client
 
 from service import logs
+from service.db import unit_of_work
+from service.ledger import money
 from tests.ledger.conftest import Api
 
 Lines = Callable[[], list[dict[str, Any]]]
@@ -124,3 +126,22 @@ async def test_money_movements_are_logged_once_committed_with_ids_and_amounts(
         "to_account_id": two,
     }
     assert ada.token not in json.dumps(lines)
+
+
+async def test_a_movement_rolled_back_after_it_was_made_is_not_logged(
+    api: Api, money_lines: Lines
+) -> None:
+    ada = await api.user()
+    account_id = await api.account(ada)
+
+    with pytest.raises(RuntimeError):
+        async with unit_of_work():
+            account = await money.owned_account(ada.id, account_id, lock=True)
+            await money.deposit(account, 500, None)
+            raise RuntimeError("the unit of work fails after the deposit")
+
+    assert money_lines() == []
+    async with unit_of_work():
+        account = await money.owned_account(ada.id, account_id, lock=True)
+        await money.deposit(account, 500, None)
+    assert [(line["event"], line["amount"]) for line in money_lines()] == [("deposit", 500)]
