@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 import pycountry
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -23,14 +24,25 @@ MAX_BALANCE = 10**15
 sum of balances or of a statement's movements can overflow the column either."""
 MAX_TOKEN_DAYS = 3650
 
-Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)")]
+
+def _integral(value: object) -> object:
+    """JSON Schema's ``integer`` includes ``100.0``: take it as 100. Strings and booleans stay
+    refused (strict), and ``100.5`` too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_INTEGRAL = BeforeValidator(_integral)  # after the constraints, so that they stay documented
+Amount = Annotated[
+    int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)"), _INTEGRAL
+]
 # Any text is stored verbatim, except the NUL character, which PostgreSQL cannot store.
 NO_NUL = r"^[^\x00]*$"
-Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL)
-]
+# Stored verbatim, spaces included: a schema cannot say what Python's strip() would remove.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
-AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1), _INTEGRAL]
 CURRENCIES = sorted(currency.alpha_3 for currency in pycountry.currencies)
 """ISO 4217, as the pycountry package has it."""
 
@@ -71,11 +83,10 @@ class NewUserOut(UserOut):
 
 class NewToken(Body):
     name: Name
-    expires_in_days: int | None = Field(
+    expires_in_days: (
+        Annotated[int, Field(strict=True, ge=1, le=MAX_TOKEN_DAYS), _INTEGRAL] | None
+    ) = Field(
         default=None,
-        ge=1,
-        le=MAX_TOKEN_DAYS,
-        strict=True,
         description="The token stops working after this many days; never, if left out.",
     )
 

@@ -205,3 +205,35 @@ async def test_the_prune_job_deletes_the_keys_older_than_24_hours(
 
     left = (await service_connection.execute(select(IdempotencyKey.key))).scalars().all()
     assert left == ["fresh"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "status"),
+    [(100.0, 201), (100, 201), (100.5, 422), ("100", 422), (True, 422), (1e13, 422)],
+)
+async def test_an_amount_is_a_json_integer_which_100_0_is_too(
+    api: Api, service_client: Client, ledger: Ledger, amount: object, status: int
+) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+
+    response = await service_client.post(
+        f"/accounts/{account}/deposits", json={"amount": amount}, headers=ada.headers
+    )
+
+    assert response.status_code == status
+    assert await ledger.balance(account) == (100 if status == 201 else 0)
+
+
+async def test_a_name_is_stored_verbatim_spaces_included(
+    api: Api, service_client: Client, service_connection: AsyncConnection
+) -> None:
+    ada = await api.user()
+    for name in ("  Savings  ", " "):
+        response = await service_client.post(
+            "/accounts", json={"name": name, "currency": "EUR"}, headers=ada.headers
+        )
+        assert response.status_code == 201
+        assert (await response.get_json())["name"] == name
+    stored = (await service_connection.execute(select(Account.name))).scalars().all()
+    assert sorted(stored) == sorted(["  Savings  ", " "])
