@@ -8,8 +8,8 @@ from typing import Annotated, Literal, Self
 import pycountry
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
