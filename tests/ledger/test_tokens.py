@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from datetime import timedelta
@@ -205,3 +206,24 @@ async def test_registration_and_the_cli_and_the_factory_still_give_a_working_tok
     assert secret.startswith("lgr_")
     me = await service_client.get("/users/me", headers=_bearer(secret))
     assert (await me.get_json())["id"] == user.id
+
+
+@pytest.mark.service_committing
+async def test_when_serving_last_used_at_is_written_by_a_background_task_after_the_request(
+    service_app: Quart, service_engine: Any, fresh_touches: None
+) -> None:
+    app = make_test_app({**service_app.config, "JOBS_BACKEND": "background"})
+    async with app.test_app():
+        client = app.test_client()
+        registered = await client.post("/users", json={"name": "Bg", "email": "bg@example.com"})
+        token = (await registered.get_json())["token"]
+
+        response = await client.get("/tokens", headers=_bearer(token))
+        assert response.status_code == 200
+        token_id = (await response.get_json())["items"][0]["id"]
+        # The write is a task of its own, which the request did not wait for.
+        await asyncio.gather(*app.background_tasks)
+
+    async with service_engine.connect() as connection:
+        used = await _last_used(connection, token_id)
+    assert used is not None and utcnow() - used < timedelta(minutes=1)
