@@ -9,7 +9,7 @@ PORT ?= 8000
 # The suite runs once per database; PostgreSQL as this machine provides it.
 TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run migrate test test-sqlite test-postgres test-reliability lint format bench bench-instructions clean
+.PHONY: install browser run migrate test test-sqlite test-postgres test-reliability lint format bench bench-instructions clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Debian's chromium, for the browser test of /docs (Playwright drives it; it downloads nothing).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 migrate: install
 	$(BIN)/alembic upgrade head
 
@@ -27,10 +31,10 @@ run: migrate
 
 test: test-sqlite test-postgres
 
-test-sqlite: install
+test-sqlite: install browser
 	$(BIN)/pytest
 
-test-postgres: install
+test-postgres: install browser
 	TEST_DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/pytest
 
 # Crashes, database outages, bad input, leaks, shutdown: real Hypercorn processes and signals,

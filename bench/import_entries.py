@@ -105,7 +105,6 @@ async def measure(url: str, path: Path, entries: list[dict[str, Any]], rounds: i
                     name="Bench",
                     email="b@x.org",
                     email_key="b@x.org",
-                    token_hash="x" * 64,
                     created_at=utcnow(),
                 )
             )

@@ -85,7 +85,8 @@ def _serve(url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [BIN / "hypercorn", "-w", "2", "--bind", f"127.0.0.1:{PORT}", "service.app:app"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
+        # 50 clients from one address: the rate limits would measure themselves.
+        env={**os.environ, "DATABASE_URL": url, "RATE_LIMIT_ENABLED": "false"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -196,7 +196,12 @@ def _instructions(endpoint: str, url: str, measured: int, work: Path) -> int:
             endpoint,
             str(measured),
         ],
-        env={**os.environ, "DATABASE_URL": url, "PYTHONHASHSEED": "0"},
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "PYTHONHASHSEED": "0",
+            "RATE_LIMIT_ENABLED": "false",
+        },
         capture_output=True,
         text=True,
         check=False,

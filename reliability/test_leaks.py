@@ -91,7 +91,13 @@ def _rotation(http: httpx.AsyncClient, port: int, customer: Customer) -> list[Re
         ),
         expect(401, "GET", "/users/me", headers=forged),
         expect(404, "GET", "/accounts/999999", headers=auth),
-        expect(400, "POST", "/transfers", content=b"{not json", headers=auth),
+        expect(
+            400,
+            "POST",
+            "/transfers",
+            content=b"{not json",
+            headers={**auth, "Content-Type": "application/json"},
+        ),
         expect(422, "POST", f"/accounts/{mine}/deposits", json={"amount": -1}, headers=auth),
         expect(
             422, "POST", f"/accounts/{other}/withdrawals", json={"amount": 10**12}, headers=auth

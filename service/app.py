@@ -6,19 +6,36 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from quart import Quart, Response, current_app
-from quart_schema import Info, QuartSchema, security_scheme
+from quart_schema import Info, QuartSchema, security_scheme, validate_response
 from sqlalchemy import text
 
-from service import modules
+from service import logs, modules, security
 from service.config import Settings
 from service.db import Database
-from service.errors import JSONRequest, error_response, register_error_handlers
+from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
+from service.ledger import auth
 from service.ledger.api import api
+from service.openapi import Provider, init_docs
+from service.ratelimit import RateLimits
 
 db = Database()
 
 MAX_BODY_BYTES = 1024 * 1024
+TITLE = "Ledger API"
+
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    """The database answers."""
+
+    status: str = "ready"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Quart:
@@ -30,25 +47,37 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.config.update(Settings().to_app_config())
     if config:
         app.config.update(config)
-    db.init_app(app)
+    db.init_app(app)  # first: its hooks see the request first and the response last
+    security.init_app(app)
+    logs.init_app(app)
+    RateLimits(app)
+    auth.init_app(app)
     QuartSchema(
         app,
-        info=Info(title="Ledger API", version="0.1.0"),
+        info=Info(title=TITLE, version="0.1.0"),
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         security=[{"bearer": []}],
+        swagger_ui_path=None,  # ours, offline (service.openapi)
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        openapi_provider_class=Provider,
     )
+    init_docs(app, TITLE)
     register_error_handlers(app)
     app.register_blueprint(api)
 
     @app.get("/healthz")
     @security_scheme([])  # documented as open, like /readyz: probes carry no token
-    async def healthz() -> dict[str, str]:
+    @validate_response(Health)
+    async def healthz() -> Health:
         """The process is up. Touches no database."""
-        return {"status": "ok"}
+        return Health()
 
     @app.get("/readyz")
     @security_scheme([])
-    async def readyz() -> dict[str, str] | Response:
+    @validate_response(Readiness)
+    @documents_errors(503)
+    async def readyz() -> Readiness | Response:
         """The database answers within READINESS_TIMEOUT seconds."""
         try:
             async with asyncio.timeout(current_app.config["READINESS_TIMEOUT"]):
@@ -57,7 +86,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         except Exception:
             current_app.logger.warning("readiness check failed", exc_info=True)
             return error_response(503, "database_unavailable", "The database does not answer.")
-        return {"status": "ready"}
+        return Readiness()
 
     return app
 

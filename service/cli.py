@@ -111,7 +111,7 @@ def users() -> None:
 @in_unit_of_work
 async def create_user(name: str, email: str) -> None:
     """Create a user and print their API token (shown this once)."""
-    from service.ledger.auth import new_token
+    from service.ledger.auth import issue
     from service.ledger.models import User
     from service.ledger.schemas import NewUser
 
@@ -122,12 +122,10 @@ async def create_user(name: str, email: str) -> None:
     email_key = data.email.lower()
     if await User.query.filter_by(email_key=email_key).first() is not None:
         raise click.ClickException(f"the email address {data.email} is already in use")
-    token, token_hash = new_token()
-    user = await User.create(
-        name=data.name, email=data.email, email_key=email_key, token_hash=token_hash
-    )
+    user = await User.create(name=data.name, email=data.email, email_key=email_key)
+    _, secret = await issue(user.id, "default")
     click.echo(f"user {user.id} created; their API token (shown this once):")
-    click.echo(token)
+    click.echo(secret)
 
 
 @main.command("import-entries")

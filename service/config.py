@@ -55,6 +55,29 @@ class Settings(BaseSettings):
     this bounds how long a slow client can hold a worker's attention, never a
     transaction or a pooled connection."""
 
+    rate_limit_enabled: bool = True
+    """``false`` turns every rate limit off (benchmarks, load tests)."""
+
+    rate_limit_storage_url: str = "memory://"
+    """Where the counters live: ``memory://`` (each process its own) or
+    ``redis://host:port/db`` (shared by every worker and host using that Redis)."""
+
+    rate_limit_per_token: str = "3000/minute"
+    """Requests one API token may make (``limits`` notation: ``N/second|minute|hour|day``)."""
+
+    rate_limit_failed_auth: str = "30/minute"
+    """Requests with a missing, wrong or expired token one client address may make."""
+
+    rate_limit_registrations: str = "10/hour"
+    """Registrations (``POST /users``) one client address may make."""
+
+    hsts_max_age: int = 0
+    """Seconds of ``Strict-Transport-Security`` to send; 0 sends none. Set it when the service
+    is reached over TLS only (say 31536000, a year)."""
+
+    access_log: bool = True
+    """One JSON line per request, and one per movement of money, on standard error."""
+
     def engine_options(self) -> dict[str, float]:
         """The engine settings as ``make_engine()`` takes them, for engines made outside the app."""
         return {

@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from quart import Quart, Request, Response, jsonify
-from quart_schema import RequestSchemaValidationError
+from quart_schema import RequestSchemaValidationError, document_response
 from werkzeug.exceptions import HTTPException
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, object]] | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", "details"?}}``."""
+
+    error: ErrorDetail
+
+
+def documents_errors(*statuses: int) -> Callable[[F], F]:
+    """Document each of ``statuses`` as answered with ``ErrorOut`` in the OpenAPI document."""
+
+    def decorate(view: F) -> F:
+        for status in statuses:
+            view = document_response(ErrorOut, status)(view)
+        return view
+
+    return decorate
 
 
 class ApiError(HTTPException):
     """An error with a status, a stable machine-readable code and a message for people."""
 
     def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = status
         self.error_code = code
         self.details = details
+        self.extra_headers = dict(headers or {})
 
 
 class JSONRequest(Request):
@@ -53,6 +86,7 @@ def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     if isinstance(error, ApiError):
         response = error_response(status, error.error_code, error.description or "", error.details)
+        response.headers.update(error.extra_headers)
     else:
         code = (error.name or "error").lower().replace(" ", "_").replace("'", "")
         response = error_response(status, code, error.description or error.name)

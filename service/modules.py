@@ -18,6 +18,7 @@ __all__ = ["MODULES", "load"]
 MODULES: tuple[str, ...] = (
     "service.ledger.models",
     "service.ledger.statements",
+    "service.ledger.maintenance",
 )
 """Every module of models or jobs, imported by ``load()`` in this order."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -265,21 +266,32 @@ async def test_db_upgrade_migrates_and_serve_serves(tmp_path: Path) -> None:
         str(port),
         env={**os.environ, "DATABASE_URL": url},
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with httpx.AsyncClient() as http:
             async with asyncio.timeout(20):
                 while True:
                     try:
-                        response = await http.get(f"http://127.0.0.1:{port}/readyz")
+                        response = await http.get(
+                            f"http://127.0.0.1:{port}/readyz", headers={"X-Request-ID": "probe-1"}
+                        )
                         break
                     except httpx.TransportError:
                         await asyncio.sleep(0.1)
         assert (response.status_code, response.json()) == (200, {"status": "ready"})
     finally:
         server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), 15)
+        _, errors = await asyncio.wait_for(server.communicate(), 15)
+    # The access log is on by default: a JSON line for the request, on standard error.
+    access = [
+        json.loads(line)
+        for line in errors.decode().splitlines()
+        if line.startswith("{") and '"service.access"' in line
+    ]
+    assert [
+        (line["route"], line["status"]) for line in access if line["request_id"] == "probe-1"
+    ] == [("/readyz", 200)]
 
 
 def _free_port() -> int:

@@ -196,11 +196,12 @@ async def test_handler_tests_are_isolated_and_get_the_plugins_tools(
     result.stdout.fnmatch_lines(["*test_06_a_query_count_over_the_limit_fails* FAILED*"])
     result.stdout.fnmatch_lines(
         [
-            "*AssertionError: 2 queries ran where at most 1 were expected:",
-            "*1. SELECT users.id, *",
-            "*   FROM users*",
+            "*AssertionError: 3 queries ran where at most 1 were expected:",
+            "*1. SELECT tokens.id, *",
+            "*   FROM tokens*",
             "*2. SELECT accounts.id, *",
             "*   FROM accounts*",
+            "*3. UPDATE tokens SET last_used_at=*",
         ]
     )
     assert await _tables(plugin_database) == []  # the schema is dropped after the session

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from quart import Blueprint, request
 from quart_schema import (
+    document_response,
     security_scheme,
     validate_querystring,
     validate_request,
@@ -13,11 +15,17 @@ from quart_schema import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from service.errors import ApiError
+from service import ratelimit
+from service.errors import ApiError, documents_errors
 from service.ledger import money
-from service.ledger.auth import authenticate, current_user, new_token
+from service.ledger.auth import (
+    authenticate,
+    current_user,
+    current_user_id,
+    issue,
+)
 from service.ledger.idempotency import idempotent
-from service.ledger.models import Account, Entry, Statement, User
+from service.ledger.models import Account, Entry, Statement, Token, User
 from service.ledger.pagination import decode_cursor, keyset_page
 from service.ledger.schemas import (
     AccountOut,
@@ -27,25 +35,44 @@ from service.ledger.schemas import (
     Movement,
     NewAccount,
     NewStatement,
+    NewToken,
+    NewTokenOut,
     NewTransfer,
     NewUser,
     NewUserOut,
     PageQuery,
     StatementOut,
+    TokenList,
+    TokenOut,
     TransferOut,
     UserOut,
 )
 from service.ledger.statements import request_statement, statement_out
+from service.openapi import NoContent
 
 api = Blueprint("ledger", __name__)
 
 Reply = tuple[dict[str, Any], int, dict[str, str]]
+
+# What each kind of operation can answer besides its success (documented in the OpenAPI
+# document): every route may find the database unreachable (503); an authenticated one may
+# refuse the token (401) or limit it (429); a body may be bad JSON (400), too big (413), not
+# JSON at all (415) or invalid (422); a write may conflict at commit (409).
+READ = (401, 429, 503)
+READ_PAGE = (*READ, 422)
+READ_ONE = (*READ, 404)
+WRITE = (400, 401, 409, 413, 415, 422, 429, 503)
+WRITE_IN = (*WRITE, 404)
 
 
 @api.before_request
 async def _authenticate() -> None:
     if request.endpoint != "ledger.create_user":
         await authenticate()
+
+
+def _token_out(token: Token) -> TokenOut:
+    return TokenOut.model_validate(token, from_attributes=True)
 
 
 def _email_taken() -> ApiError:
@@ -56,34 +83,72 @@ def _email_taken() -> ApiError:
 @security_scheme([])  # registering needs no token
 @validate_request(NewUser)
 @validate_response(NewUserOut, 201)
+@documents_errors(400, 409, 413, 415, 422, 429, 503)
 async def create_user(data: NewUser) -> tuple[NewUserOut, int]:
-    """Create a user and its API token, shown this once."""
+    """Create a user and a first API token, shown this once."""
+    await ratelimit.hit("registration", request.remote_addr or "unknown")
     email_key = data.email.lower()
     if await User.query.filter_by(email_key=email_key).first() is not None:
         raise _email_taken()
-    token, token_hash = new_token()
     try:
-        user = await User.create(
-            name=data.name, email=data.email, email_key=email_key, token_hash=token_hash
-        )
+        user = await User.create(name=data.name, email=data.email, email_key=email_key)
     except IntegrityError:  # the same email, registered concurrently
         raise _email_taken() from None
+    _, secret = await issue(user.id, "default")
     out = UserOut.model_validate(user, from_attributes=True)
-    return NewUserOut(**out.model_dump(), token=token), 201
+    return NewUserOut(**out.model_dump(), token=secret), 201
 
 
 @api.get("/users/me")
 @validate_response(UserOut)
+@documents_errors(*READ)
 async def me() -> UserOut:
-    return UserOut.model_validate(current_user(), from_attributes=True)
+    return UserOut.model_validate(await current_user(), from_attributes=True)
+
+
+@api.post("/tokens")
+@validate_request(NewToken)
+@validate_response(NewTokenOut, 201)
+@documents_errors(*WRITE)
+async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
+    """Issue another API token of the caller; its secret is shown this once."""
+    days = data.expires_in_days
+    token, secret = await issue(
+        current_user_id(), data.name, expires_in=None if days is None else timedelta(days=days)
+    )
+    return NewTokenOut(**_token_out(token).model_dump(), token=secret), 201
+
+
+@api.get("/tokens")
+@validate_response(TokenList)
+@documents_errors(*READ)
+async def list_tokens() -> TokenList:
+    """The caller's tokens, oldest first, without their secrets."""
+    tokens = await Token.query.filter_by(user_id=current_user_id()).order_by(Token.id).all()
+    return TokenList(items=[_token_out(token) for token in tokens])
+
+
+@api.delete("/tokens/<int:token_id>")
+@document_response(NoContent, 204)
+@documents_errors(*READ_ONE)
+async def revoke_token(token_id: int) -> tuple[str, int]:
+    """Revoke a token of the caller (this one too): from now on it gets 401, everywhere."""
+    token = None
+    if 0 < token_id < 2**31:
+        token = await Token.query.filter_by(id=token_id, user_id=current_user_id()).first()
+    if token is None:  # also another user's: never revealed
+        raise ApiError(404, "not_found", "No such token.")
+    await token.delete()
+    return "", 204
 
 
 @api.post("/accounts")
 @validate_request(NewAccount)
 @validate_response(AccountOut, 201)
+@documents_errors(*WRITE)
 async def create_account(data: NewAccount) -> tuple[AccountOut, int]:
     account = await Account.create(
-        user_id=current_user().id, name=data.name, currency=data.currency
+        user_id=current_user_id(), name=data.name, currency=data.currency
     )
     return AccountOut.model_validate(account, from_attributes=True), 201
 
@@ -91,9 +156,10 @@ async def create_account(data: NewAccount) -> tuple[AccountOut, int]:
 @api.get("/accounts")
 @validate_querystring(PageQuery)
 @validate_response(AccountPage)
+@documents_errors(*READ_PAGE)
 async def list_accounts(query_args: PageQuery) -> AccountPage:
     """The caller's accounts, oldest first."""
-    query = Account.query.filter_by(user_id=current_user().id).order_by(Account.id)
+    query = Account.query.filter_by(user_id=current_user_id()).order_by(Account.id)
     if query_args.cursor is not None:
         query = query.where(Account.id > decode_cursor(query_args.cursor))
     page, next_cursor = await keyset_page(query, query_args.limit)
@@ -105,14 +171,16 @@ async def list_accounts(query_args: PageQuery) -> AccountPage:
 
 @api.get("/accounts/<int:account_id>")
 @validate_response(AccountOut)
+@documents_errors(*READ_ONE)
 async def get_account(account_id: int) -> AccountOut:
-    account = await money.owned_account(current_user().id, account_id)
+    account = await money.owned_account(current_user_id(), account_id)
     return AccountOut.model_validate(account, from_attributes=True)
 
 
 @api.post("/accounts/<int:account_id>/deposits")
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
+@documents_errors(*WRITE_IN)
 async def create_deposit(account_id: int, data: Movement) -> Reply:
     return await _move(money.deposit, account_id, data)
 
@@ -120,12 +188,13 @@ async def create_deposit(account_id: int, data: Movement) -> Reply:
 @api.post("/accounts/<int:account_id>/withdrawals")
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
+@documents_errors(*WRITE_IN)
 async def create_withdrawal(account_id: int, data: Movement) -> Reply:
     return await _move(money.withdraw, account_id, data)
 
 
 async def _move(operation: money.Operation, account_id: int, data: Movement) -> Reply:
-    user_id = current_user().id
+    user_id = current_user_id()
 
     async def work() -> tuple[dict[str, Any], int]:
         account = await money.owned_account(user_id, account_id, lock=True)
@@ -138,9 +207,10 @@ async def _move(operation: money.Operation, account_id: int, data: Movement) -> 
 @api.get("/accounts/<int:account_id>/entries")
 @validate_querystring(PageQuery)
 @validate_response(EntryPage)
+@documents_errors(*READ_PAGE, 404)
 async def list_entries(account_id: int, query_args: PageQuery) -> EntryPage:
     """The account's entries, newest first; the cursor continues below the last one shown."""
-    await money.owned_account(current_user().id, account_id)
+    await money.owned_account(current_user_id(), account_id)
     query = Entry.query.filter_by(account_id=account_id).order_by(Entry.id.desc())
     if query_args.cursor is not None:
         query = query.where(Entry.id < decode_cursor(query_args.cursor))
@@ -154,8 +224,9 @@ async def list_entries(account_id: int, query_args: PageQuery) -> EntryPage:
 @api.post("/transfers")
 @validate_request(NewTransfer)
 @validate_response(TransferOut, 201)
+@documents_errors(*WRITE_IN)
 async def create_transfer(data: NewTransfer) -> Reply:
-    user_id = current_user().id
+    user_id = current_user_id()
 
     async def work() -> tuple[dict[str, Any], int]:
         record = await money.transfer(
@@ -169,9 +240,10 @@ async def create_transfer(data: NewTransfer) -> Reply:
 @api.post("/accounts/<int:account_id>/statements")
 @validate_request(NewStatement)
 @validate_response(StatementOut, 202)
+@documents_errors(*WRITE_IN)
 async def create_statement(account_id: int, data: NewStatement) -> tuple[StatementOut, int]:
     """Ask for a statement of the period; a job computes it once this request has committed."""
-    user_id = current_user().id
+    user_id = current_user_id()
     account = await money.owned_account(user_id, account_id)
     statement = await request_statement(user_id, account.id, data.from_, data.to)
     return statement_out(statement), 202
@@ -179,12 +251,13 @@ async def create_statement(account_id: int, data: NewStatement) -> tuple[Stateme
 
 @api.get("/statements/<int:statement_id>")
 @validate_response(StatementOut)
+@documents_errors(*READ_ONE)
 async def get_statement(statement_id: int) -> StatementOut:
     """A statement: ``pending``, ``ready`` with its figures, or ``failed`` with a reason."""
     statement = None
     if 0 < statement_id < 2**31:
         statement = await Statement.query.filter_by(
-            id=statement_id, user_id=current_user().id
+            id=statement_id, user_id=current_user_id()
         ).first()
     if statement is None:
         raise ApiError(404, "not_found", "No such statement.")

@@ -1,37 +1,163 @@
-"""API tokens: random, shown once, stored only as a SHA-256 hash."""
+"""API tokens: ``lgr_`` and 40 random characters, shown once, stored only as a SHA-256 hash.
+
+Authentication is one indexed query per request, the few columns it needs, and
+no write: a token's ``last_used_at`` is brought up to date at most about once a
+minute, after the response, in a short unit of work of its own, so that a GET
+stays a read-only unit of work. Nothing about a token's validity is cached
+between requests: a revoked token is refused by every worker at once.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import string
+import time
+from datetime import datetime, timedelta
 
-from quart import g, request
+from quart import Quart, current_app, g, request
+from sqlalchemy import or_, select, update
 
+from service import logs, ratelimit
+from service.db import session, unit_of_work
 from service.errors import ApiError
-from service.ledger.models import User
+from service.ledger.models import Token, User, utcnow
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "lgr_"
+"""Fixed, so that secret scanners recognise a leaked token (as GitHub's ``ghp_``)."""
+_ALPHABET = string.ascii_letters + string.digits
+_SECRET_LENGTH = 40  # 238 bits
+_SHOWN = len(PREFIX) + 8
+TOUCH_INTERVAL = timedelta(minutes=1)
+_scheduled: dict[str, float] = {}
+"""Token hash -> monotonic time this process last scheduled a touch of it (ids can be reused:
+by SQLite after a rollback, say; a hash names one token)."""
 
 
 def new_token() -> tuple[str, str]:
-    """A fresh token and the hash to store for it."""
-    token = secrets.token_urlsafe(32)
-    return token, hash_token(token)
+    """A fresh secret and the hash to store for it."""
+    secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LENGTH))
+    return secret, hash_token(secret)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def shown_prefix(secret: str) -> str:
+    """What ``GET /tokens`` shows of a secret: enough to recognise it, far too little to use."""
+    return secret[:_SHOWN]
+
+
+async def issue(
+    user_id: int, name: str, *, expires_in: timedelta | None = None
+) -> tuple[Token, str]:
+    """A new token of the user, saved in the current unit of work, and its secret."""
+    secret, token_hash = new_token()
+    now = utcnow()
+    token = await Token.create(
+        user_id=user_id,
+        name=name,
+        prefix=shown_prefix(secret),
+        token_hash=token_hash,
+        created_at=now,
+        expires_at=None if expires_in is None else now + expires_in,
+    )
+    return token, secret
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "A valid `Authorization: Bearer <token>` is required.")
+
+
 async def authenticate() -> None:
-    """Load the caller from ``Authorization: Bearer <token>`` into ``g.user``, or answer 401."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    user = None
-    if scheme.lower() == "bearer" and token.strip():
-        user = await User.query.filter_by(token_hash=hash_token(token.strip())).first()
-    if user is None:
-        raise ApiError(401, "unauthorized", "A valid `Authorization: Bearer <token>` is required.")
-    g.user = user
+    """Identify the caller from ``Authorization: Bearer <token>``, or answer 401 (or 429)."""
+    address = request.remote_addr or "unknown"
+    await ratelimit.check("failed_auth", address)
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    secret = secret.strip()
+    row = None
+    token_hash = hash_token(secret)
+    if scheme.lower() == "bearer" and secret:
+        row = (
+            await session.execute(
+                select(Token.id, Token.user_id, Token.expires_at, Token.last_used_at).where(
+                    Token.token_hash == token_hash
+                )
+            )
+        ).one_or_none()
+    now = utcnow()
+    if row is None or (row.expires_at is not None and row.expires_at <= now):
+        await ratelimit.hit("failed_auth", address)
+        raise _unauthorized()
+    await ratelimit.hit("token", str(row.id))
+    g.user_id = row.user_id
+    g.token_id = row.id
+    logs.set_user(row.user_id)
+    if row.last_used_at is None or now - row.last_used_at >= TOUCH_INTERVAL:
+        _schedule_touch(row.id, token_hash)
 
 
-def current_user() -> User:
-    user: User = g.user
+def current_user_id() -> int:
+    user_id: int = g.user_id
+    return user_id
+
+
+def current_token_id() -> int:
+    token_id: int = g.token_id
+    return token_id
+
+
+async def current_user() -> User:
+    """The caller's row (one more query: most handlers need only ``current_user_id()``)."""
+    user = await User.get(current_user_id())
+    if user is None:  # deleted between the two queries
+        raise _unauthorized()
     return user
+
+
+def _schedule_touch(token_id: int, token_hash: str) -> None:
+    now = time.monotonic()
+    last = _scheduled.get(token_hash)
+    if last is not None and now - last < TOUCH_INTERVAL.total_seconds():
+        return  # an earlier request of this process has it in hand
+    if len(_scheduled) > 10_000:
+        _scheduled.clear()
+    _scheduled[token_hash] = now
+    g.touch_token = token_id
+
+
+async def touch(token_id: int, at: datetime) -> None:
+    """Set ``last_used_at``, unless another worker did within the interval."""
+    try:
+        async with unit_of_work():
+            await session.execute(
+                update(Token)
+                .where(
+                    Token.id == token_id,
+                    or_(Token.last_used_at.is_(None), Token.last_used_at <= at - TOUCH_INTERVAL),
+                )
+                .values(last_used_at=at)
+            )
+    except Exception:
+        logger.warning("could not record the use of token %s", token_id, exc_info=True)
+
+
+def init_app(app: Quart) -> None:
+    """Touch used tokens once each request is over: in a background task, or at once in
+    the request's task, after its unit of work, with ``JOBS_BACKEND=eager`` (tests)."""
+
+    async def teardown(exc: BaseException | None) -> None:
+        token_id: int | None = g.pop("touch_token", None)
+        if token_id is None:
+            return
+        if current_app.config.get("JOBS_BACKEND") == "eager":
+            await touch(token_id, utcnow())
+        else:
+            current_app.add_background_task(touch, token_id, utcnow())
+
+    # Registered first, so that it runs after the layer's teardown has ended the unit of work.
+    app.teardown_request_funcs[None].insert(0, teardown)

@@ -4,6 +4,8 @@ The key is claimed by inserting its row in the request's own transaction, before
 the work: a concurrent repeat then waits on that row (PostgreSQL) or on the
 write lock (SQLite), and finds the committed answer once the first is done.
 A request that failed wrote nothing, its claim included, so a repeat is a new try.
+A key is remembered for 24 hours (``KEY_LIFETIME``): an older one is treated as absent,
+and ``prune_idempotency_keys``, a job, deletes them.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from quart import request
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import ApiError
-from service.ledger.models import IdempotencyKey
+from service.ledger.models import IdempotencyKey, utcnow
+
+KEY_LIFETIME = timedelta(hours=24)
 
 Work = Callable[[], Awaitable[tuple[dict[str, Any], int]]]
 
@@ -36,6 +41,9 @@ async def idempotent(user_id: int, work: Work) -> tuple[dict[str, Any], int, dic
         )
     fingerprint = await _fingerprint()
     stored = await IdempotencyKey.get((user_id, key))
+    if stored is not None and stored.created_at <= utcnow() - KEY_LIFETIME:
+        await stored.delete()  # expired: as if it had never been used
+        stored = None
     if stored is not None:
         return _replay(stored, fingerprint)
     claim = IdempotencyKey(

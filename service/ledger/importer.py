@@ -24,7 +24,7 @@ from sqlalchemy import Table, insert
 
 from service.db import session
 from service.ledger.models import Account, Entry, utcnow
-from service.ledger.schemas import MAX_AMOUNT, Description
+from service.ledger.schemas import MAX_AMOUNT, MAX_BALANCE, Description
 
 COLUMNS = ("kind", "amount", "description")
 REQUIRED = frozenset(COLUMNS[:2])
@@ -171,6 +171,10 @@ async def _apply(
     entries = []
     for (kind, amount, description), line in zip(rows, numbers, strict=False):
         if kind == "deposit":
+            if totals.balance + amount > MAX_BALANCE:
+                raise ImportFailed(
+                    f"line {line}: the balance would exceed the maximum of {MAX_BALANCE}"
+                )
             totals.balance += amount
             totals.deposited += amount
         else:

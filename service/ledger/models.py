@@ -34,9 +34,26 @@ class User(Model):
     email: Mapped[str] = mapped_column(String(320))
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
     """The email folded to lower case: what makes two addresses the same."""
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    """SHA-256 of the API token; the token itself is shown once and never stored."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Token(Model):
+    """An API token of a user: several each, named, revocable, optionally expiring."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str | None] = mapped_column(String(12))
+    """The secret's first characters (``lgr_Ab12Cd34``), to recognise it; null for a token
+    migrated from before tokens had a prefix."""
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the secret; the secret itself is shown once and never stored."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Updated at most about once a minute, after the request that used it."""
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Account(Model):
@@ -95,7 +112,8 @@ class IdempotencyKey(Model):
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    """Keys older than 24 hours are treated as absent, and pruned by a job."""
 
 
 class Statement(Model):

@@ -6,9 +6,16 @@ transfers cannot deadlock), on SQLite by the write lock taken at BEGIN.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from quart import has_request_context
+
+from service.db import on_commit
 from service.errors import ApiError
 from service.ledger.models import Account, Entry, Transfer
+from service.ledger.schemas import MAX_BALANCE
+from service.logs import MONEY
+from service.security import request_id
 
 Operation = Callable[[Account, int, "str | None"], Awaitable[Entry]]
 """A movement of money in or out of one account: ``deposit`` or ``withdraw``."""
@@ -29,13 +36,39 @@ async def owned_account(user_id: int, account_id: int, *, lock: bool = False) ->
     return account
 
 
+def _log_on_commit(event: str, **fields: Any) -> None:
+    """Log a movement once it is committed (never one that was rolled back); no token."""
+    if has_request_context():
+        fields["request_id"] = request_id()
+    on_commit(lambda: MONEY.info(event, extra={"event": event, **fields}))
+
+
 async def deposit(account: Account, amount: int, description: str | None) -> Entry:
-    return await _post(account, amount, "deposit", description)
+    _require_room(account, amount)
+    entry = await _post(account, amount, "deposit", description)
+    _log_on_commit(
+        "deposit",
+        user_id=account.user_id,
+        account_id=account.id,
+        entry_id=entry.id,
+        amount=amount,
+        currency=account.currency,
+    )
+    return entry
 
 
 async def withdraw(account: Account, amount: int, description: str | None) -> Entry:
     _require_funds(account, amount)
-    return await _post(account, -amount, "withdrawal", description)
+    entry = await _post(account, -amount, "withdrawal", description)
+    _log_on_commit(
+        "withdrawal",
+        user_id=account.user_id,
+        account_id=account.id,
+        entry_id=entry.id,
+        amount=amount,
+        currency=account.currency,
+    )
+    return entry
 
 
 async def transfer(
@@ -60,6 +93,7 @@ async def transfer(
             f"Cannot transfer from {source.currency} to {target.currency}.",
         )
     _require_funds(source, amount)
+    _require_room(target, amount)
     record = await Transfer.create(
         user_id=user_id,
         from_account_id=from_id,
@@ -69,6 +103,15 @@ async def transfer(
     )
     await _post(source, -amount, "transfer_out", description, transfer_id=record.id)
     await _post(target, amount, "transfer_in", description, transfer_id=record.id)
+    _log_on_commit(
+        "transfer",
+        user_id=user_id,
+        transfer_id=record.id,
+        from_account_id=from_id,
+        to_account_id=to_id,
+        amount=amount,
+        currency=source.currency,
+    )
     return record
 
 
@@ -78,6 +121,15 @@ def _require_funds(account: Account, amount: int) -> None:
             422,
             "insufficient_funds",
             f"The balance of account {account.id} is {account.balance}, less than {amount}.",
+        )
+
+
+def _require_room(account: Account, amount: int) -> None:
+    if account.balance + amount > MAX_BALANCE:
+        raise ApiError(
+            422,
+            "balance_limit_exceeded",
+            f"The balance of account {account.id} would exceed the maximum of {MAX_BALANCE}.",
         )
 
 

@@ -10,6 +10,8 @@ from service.db import Model, Query
 from service.errors import ApiError
 
 _Row = TypeVar("_Row", bound=Model)
+MAX_ID = 2**31 - 1
+"""The largest id a cursor may name: PostgreSQL's INTEGER ids stop there (SQLite's at 2^63 - 1)."""
 
 
 async def keyset_page(query: Query[_Row], limit: int) -> tuple[list[_Row], str | None]:
@@ -28,9 +30,12 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, value = text.partition(":")
-        if prefix != "id" or not value.isdigit():
+        if prefix != "id" or not value.isascii() or not value.isdigit() or len(value) > 10:
             raise ValueError(text)
-        return int(value)
+        last_id = int(value)
+        if last_id > MAX_ID:  # no such row can exist; the database would refuse the number
+            raise ValueError(text)
+        return last_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ApiError(
             422,

@@ -5,19 +5,60 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+import pycountry
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_AMOUNT = 10**12
+MAX_BALANCE = 10**15
+"""No balance may exceed this (10^13 in major units): far below BIGINT's 9.2 * 10^18, so no
+sum of balances or of a statement's movements can overflow the column either."""
+MAX_TOKEN_DAYS = 3650
 
-Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)")]
+
+def _integral(value: object) -> object:
+    """JSON Schema's ``integer`` includes ``100.0``: take it as 100. Strings and booleans stay
+    refused (strict), and ``100.5`` too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_INTEGRAL = BeforeValidator(_integral)  # after the constraints, so that they stay documented
+Amount = Annotated[
+    int, Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents)"), _INTEGRAL
+]
 # Any text is stored verbatim, except the NUL character, which PostgreSQL cannot store.
 NO_NUL = r"^[^\x00]*$"
-Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL)
-]
+# Stored verbatim, spaces included: a schema cannot say what Python's strip() would remove.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
-AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["USD"])]
+AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1), _INTEGRAL]
+CURRENCIES = sorted(currency.alpha_3 for currency in pycountry.currencies)
+"""ISO 4217, as the pycountry package has it."""
+
+
+def _iso_4217(code: str) -> str:
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise ValueError("not an ISO 4217 currency code")
+    return code
+
+
+Currency = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{3}$"),
+    AfterValidator(_iso_4217),
+    WithJsonSchema({"type": "string", "enum": CURRENCIES, "examples": ["USD"]}),
+]
 
 
 class Body(BaseModel):
@@ -38,6 +79,35 @@ class UserOut(BaseModel):
 
 class NewUserOut(UserOut):
     token: str = Field(description="Shown this once; only its hash is stored.")
+
+
+class NewToken(Body):
+    name: Name
+    expires_in_days: (
+        Annotated[int, Field(strict=True, ge=1, le=MAX_TOKEN_DAYS), _INTEGRAL] | None
+    ) = Field(
+        default=None,
+        description="The token stops working after this many days; never, if left out.",
+    )
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    prefix: str | None = Field(
+        description="The secret's first characters; null for a token issued before prefixes"
+    )
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Kept to within about a minute")
+    expires_at: datetime | None
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(description="The secret, shown this once; only its hash is stored.")
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
 
 
 class NewAccount(Body):
@@ -99,16 +169,6 @@ class PageQuery(Body):
 
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = None
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: list[dict[str, object]] | None = None
-
-
-class ErrorOut(BaseModel):
-    error: ErrorDetail
 
 
 class Period(BaseModel):

@@ -3,8 +3,8 @@
 Registered through the ``pytest11`` entry point, so installing the service is
 enough. Every fixture is named ``service_*``:
 
-- ``service_app``: the app in testing mode, serving (its lifespan has run);
-  ``service_client`` is a test client of it.
+- ``service_app``: the app in testing mode, serving (its lifespan has run), with
+  the rate limits off; ``service_client`` is a test client of it.
 - ``service_connection`` (autouse): the test's outer transaction. The schema is
   built once per session by the Alembic migrations; each test runs inside a
   transaction rolled back at its end, which every session joins through

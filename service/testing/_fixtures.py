@@ -106,7 +106,14 @@ async def service_app(
     factory = _load(pytestconfig.getini("service_app_factory"))
     # Jobs run at once after the commit, in the committing task: they join the test's
     # transaction like everything else, and are done when the request returns.
-    config = {"DATABASE_URL": service_database.url, "TESTING": True, "JOBS_BACKEND": "eager"}
+    # Rate limits off: a suite registers many users from one address. A test of the limits
+    # makes an app of its own with them on.
+    config = {
+        "DATABASE_URL": service_database.url,
+        "TESTING": True,
+        "JOBS_BACKEND": "eager",
+        "RATE_LIMIT_ENABLED": False,
+    }
     app = factory(config)
     raise_propagated_errors(app)
     async with app.test_app():

@@ -19,7 +19,7 @@ from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
 from polyfactory.persistence import AsyncPersistenceProtocol
 
 from service.db import Model, UTCDateTime, unit_of_work
-from service.ledger.auth import new_token
+from service.ledger.auth import issue
 from service.ledger.models import Account, User, utcnow
 
 __all__ = ["AccountFactory", "ActiveRecordFactory", "ActiveRecordPersistence", "UserFactory"]
@@ -69,13 +69,15 @@ class UserFactory(ActiveRecordFactory[User]):
     name = Use(lambda: f"User {next(_numbers)}")
     email = Use(lambda: f"user{next(_numbers)}@example.com")
     email_key = PostGenerated(lambda _, values: values["email"].lower())
-    token_hash = Use(lambda: new_token()[1])
     created_at = Use(utcnow)
 
     @classmethod
     async def create_with_token(cls, **kwargs: Any) -> tuple[User, str]:
-        token, token_hash = new_token()
-        return await cls.create_async(token_hash=token_hash, **kwargs), token
+        """A saved user and the secret of an API token of theirs (saved too)."""
+        user = await cls.create_async(**kwargs)
+        async with unit_of_work():
+            _, secret = await issue(user.id, "factory")
+        return user, secret
 
 
 class AccountFactory(ActiveRecordFactory[Account]):

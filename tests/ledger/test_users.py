@@ -11,7 +11,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.ledger.models import User
+from service.ledger.models import Token
 from tests.ledger.conftest import Api
 
 
@@ -31,10 +31,13 @@ async def test_a_new_user_gets_a_token_stored_only_as_a_hash(
     assert body["name"] == "Ada"
     assert body["email"] == "Ada@example.com"
     stored = (
-        await service_connection.execute(select(User.token_hash).where(User.id == body["id"]))
+        await service_connection.execute(
+            select(Token.token_hash, Token.prefix).where(Token.user_id == body["id"])
+        )
     ).one()
     assert stored.token_hash == hashlib.sha256(body["token"].encode()).hexdigest()
     assert body["token"] not in stored.token_hash
+    assert body["token"].startswith("lgr_") and body["token"].startswith(stored.prefix)
 
     me = await service_client.get("/users/me", headers={"Authorization": f"Bearer {body['token']}"})
     assert me.status_code == 200
@@ -122,7 +125,8 @@ async def test_the_openapi_document_and_docs_page_are_served(service_client: Cli
     assert "201" in deposit["responses"]
     docs = await service_client.get("/docs")
     assert docs.status_code == 200
-    assert "openapi.json" in (await docs.get_data(as_text=True))
+    init = await service_client.get("/docs/init.js")
+    assert "/openapi.json" in (await init.get_data(as_text=True))
 
 
 @pytest.mark.service_committing

@@ -1,0 +1,141 @@
+"""Rate limits, on the ``limits`` library: a sliding-window counter per limit and key.
+
+Three limits, each configured in ``limits`` notation (``30/minute``):
+
+- ``failed_auth``: requests with a missing, wrong or expired token, per client address;
+- ``registration``: ``POST /users``, per client address;
+- ``token``: requests per API token.
+
+The counters live in this process (``RATE_LIMIT_STORAGE_URL=memory://``, the
+default) or in Redis (``redis://host:port/db``), where every worker and host
+using that Redis shares them. ``RATE_LIMIT_ENABLED=false`` turns them all off.
+A refused request is a 429 ``rate_limited`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+from quart import Quart, current_app
+
+from service.errors import ApiError
+
+__all__ = ["Limit", "RateLimits", "check", "hit"]
+
+logger = logging.getLogger(__name__)
+
+Limit = Literal["failed_auth", "registration", "token"]
+_EXTENSION = "service.ratelimit"
+_SETTINGS: dict[Limit, str] = {
+    "failed_auth": "RATE_LIMIT_FAILED_AUTH",
+    "registration": "RATE_LIMIT_REGISTRATIONS",
+    "token": "RATE_LIMIT_PER_TOKEN",
+}
+
+
+@dataclass
+class _State:
+    enabled: bool
+    url: str
+    items: dict[Limit, RateLimitItem] = field(default_factory=dict)
+    storage: Storage | None = None
+    limiter: SlidingWindowCounterRateLimiter | None = None
+
+
+class RateLimits:
+    """The app's rate limits: ``RateLimits(app)``; storage opened when serving starts."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        if _EXTENSION in app.extensions:
+            raise RuntimeError("RateLimits is already registered on this app; call init_app once.")
+        config = app.config
+        state = _State(
+            enabled=bool(config["RATE_LIMIT_ENABLED"]),
+            url=config["RATE_LIMIT_STORAGE_URL"],
+            items={name: parse(config[key]) for name, key in _SETTINGS.items()},
+        )
+        app.extensions[_EXTENSION] = state
+
+        async def start() -> None:
+            if state.enabled:
+                state.storage = _storage(state.url)
+                state.limiter = SlidingWindowCounterRateLimiter(state.storage)
+
+        async def stop() -> None:
+            storage, state.storage, state.limiter = state.storage, None, None
+            if storage is not None:
+                await _close(storage)
+
+        app.before_serving(start)
+        app.after_serving(stop)
+
+
+def _storage(url: str) -> Storage:
+    options: dict[str, str] = {}
+    if url.startswith(("redis://", "rediss://")):
+        options["implementation"] = "redispy"  # redis-py (here for Celery), not coredis
+    storage = storage_from_string(url if url.startswith("async+") else f"async+{url}", **options)
+    if not isinstance(storage, Storage):
+        raise ValueError(f"RATE_LIMIT_STORAGE_URL={url!r} is not a storage limits can share")
+    return storage
+
+
+async def _close(storage: Storage) -> None:
+    client = getattr(getattr(storage, "bridge", None), "storage", None)
+    close = getattr(client, "aclose", None)
+    if close is not None:
+        await close()
+    timer = getattr(storage, "timer", None)  # the memory storage's expiry task
+    if timer is not None and not timer.done():
+        timer.cancel()
+
+
+def _state() -> _State:
+    state: _State = current_app.extensions[_EXTENSION]
+    return state
+
+
+async def hit(limit: Limit, key: str) -> None:
+    """Count one request against ``limit`` for ``key``; 429 if it is over the limit."""
+    await _ask(limit, key, count=True)
+
+
+async def check(limit: Limit, key: str) -> None:
+    """429 if ``key`` has already used up ``limit``, without counting this request."""
+    await _ask(limit, key, count=False)
+
+
+async def _ask(limit: Limit, key: str, *, count: bool) -> None:
+    state = _state()
+    limiter = state.limiter
+    if limiter is None:  # disabled, or not serving
+        return
+    item = state.items[limit]
+    try:
+        allowed = await (limiter.hit(item, limit, key) if count else limiter.test(item, limit, key))
+        if allowed:
+            return
+        stats = await limiter.get_window_stats(item, limit, key)
+    except Exception:
+        # An unreachable Redis must not take the API down with it: the limit is lifted.
+        logger.warning("rate limit storage failed; request let through", exc_info=True)
+        return
+    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+    raise ApiError(
+        429,
+        "rate_limited",
+        f"Too many requests; retry in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )

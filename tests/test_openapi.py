@@ -1,0 +1,128 @@
+"""The OpenAPI document lists every status each operation can answer; /docs works offline."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+from quart.typing import TestClientProtocol as Client
+
+READ = {401, 429, 503}
+WRITE = {400, 401, 409, 413, 415, 422, 429, 503}
+EXPECTED: dict[tuple[str, str], set[int]] = {
+    ("get", "/healthz"): {200},
+    ("get", "/readyz"): {200, 503},
+    ("post", "/users"): {201, 400, 409, 413, 415, 422, 429, 503},
+    ("get", "/users/me"): {200, *READ},
+    ("post", "/tokens"): {201, *WRITE},
+    ("get", "/tokens"): {200, *READ},
+    ("delete", "/tokens/{token_id}"): {204, 404, *READ},
+    ("post", "/accounts"): {201, *WRITE},
+    ("get", "/accounts"): {200, 422, *READ},
+    ("get", "/accounts/{account_id}"): {200, 404, *READ},
+    ("post", "/accounts/{account_id}/deposits"): {201, 404, *WRITE},
+    ("post", "/accounts/{account_id}/withdrawals"): {201, 404, *WRITE},
+    ("get", "/accounts/{account_id}/entries"): {200, 404, 422, *READ},
+    ("post", "/transfers"): {201, 404, *WRITE},
+    ("post", "/accounts/{account_id}/statements"): {202, 404, *WRITE},
+    ("get", "/statements/{statement_id}"): {200, 404, *READ},
+}
+
+
+async def _spec(client: Client) -> dict[str, Any]:
+    spec: dict[str, Any] = await (await client.get("/openapi.json")).get_json()
+    return spec
+
+
+async def test_every_operation_documents_every_status_it_can_answer(
+    service_client: Client,
+) -> None:
+    spec = await _spec(service_client)
+    documented = {
+        (method, path): {int(status) for status in operation["responses"]}
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+    }
+    # The test app adds the layer's own test routes; the service's operations are these.
+    service = {key: statuses for key, statuses in documented.items() if key in EXPECTED}
+    assert service == EXPECTED
+    assert not [
+        key
+        for key in documented
+        if key[1].startswith(("/users", "/tokens", "/accounts")) and key not in EXPECTED
+    ]
+
+
+async def test_every_error_status_is_documented_with_the_error_schema(
+    service_client: Client,
+) -> None:
+    spec = await _spec(service_client)
+    for method, path in EXPECTED:
+        for status, response in spec["paths"][path][method]["responses"].items():
+            if int(status) < 400:
+                continue
+            schema = response["content"]["application/json"]["schema"]
+            assert schema["title"] == "ErrorOut", (method, path, status)
+            assert schema["required"] == ["error"]
+            assert response["description"]  # "Too Many Requests", ...
+    detail = spec["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["required"]) == {"code", "message"}
+
+
+async def test_healthz_and_readyz_document_their_bodies(service_client: Client) -> None:
+    spec = await _spec(service_client)
+    for path, value in (("/healthz", "ok"), ("/readyz", "ready")):
+        operation = spec["paths"][path]["get"]
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema["properties"]["status"]["default"] == value
+        assert operation["security"] == []
+        assert (await (await service_client.get(path)).get_json()) == {"status": value}
+
+
+async def test_a_revocation_is_documented_without_a_body(service_client: Client) -> None:
+    spec = await _spec(service_client)
+    assert "content" not in spec["paths"]["/tokens/{token_id}"]["delete"]["responses"]["204"]
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.doctype: str | None = None
+        self.urls: list[str] = []
+        self.open: list[str] = []
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+        if tag not in ("meta", "link"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open.pop() == tag, f"</{tag}> closes another element"
+
+
+async def test_the_docs_page_is_html_with_a_doctype_and_every_asset_served_by_the_app(
+    service_client: Client,
+) -> None:
+    response = await service_client.get("/docs")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    text = await response.get_data(as_text=True)
+    page = _Page()
+    page.feed(text)
+    assert page.doctype == "DOCTYPE html" and page.open == []
+    assert re.search(r'<html lang="en">', text) and "<title>" in text
+    assert page.urls and all(url.startswith("/docs/") for url in page.urls)  # nothing from a CDN
+    for url in page.urls:
+        asset = await service_client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.headers["X-Content-Type-Options"] == "nosniff"
+    script = await service_client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.mimetype == "text/javascript" and len(await script.get_data()) > 500_000
+    assert "max-age" in script.headers["Cache-Control"]  # assets may be cached; answers not
+    assert (await service_client.get("/docs/assets/../../config.py")).status_code == 404
+    assert (await service_client.get("/docs/assets/index.html")).status_code == 404
