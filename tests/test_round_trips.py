@@ -66,11 +66,6 @@ async def _counted(request: Request, expected_status: int) -> RoundTrips:
     return trips
 
 
-@pytest.mark.xfail(
-    reason="issue 12: 9 round trips today (pre-ping 3, BEGIN, 4 statements, COMMIT)",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.usefixtures("postgresql")
 async def test_a_deposit_makes_at_most_5_round_trips(service_client: Client) -> None:
     headers, account_id = await _account(service_client)

@@ -197,8 +197,7 @@ async def _move(operation: money.Operation, account_id: int, data: Movement) -> 
     user_id = current_user_id()
 
     async def work() -> tuple[dict[str, Any], int]:
-        account = await money.owned_account(user_id, account_id, lock=True)
-        entry = await operation(account, data.amount, data.description)
+        entry = await operation(user_id, account_id, data.amount, data.description)
         return EntryOut.model_validate(entry, from_attributes=True).model_dump(mode="json"), 201
 
     return await idempotent(user_id, work)

@@ -1,6 +1,11 @@
 """Moving money. Each operation locks the accounts it changes, so no concurrency creates or
-destroys money: on PostgreSQL with ``SELECT ... FOR UPDATE`` in id order (two opposite
-transfers cannot deadlock), on SQLite by the write lock taken at BEGIN.
+destroys money: on PostgreSQL with row locks taken in id order (two opposite transfers cannot
+deadlock), on SQLite by the write lock taken at BEGIN.
+
+A deposit or a withdrawal locks, checks and changes its account in one statement,
+``UPDATE ... WHERE <the rule> RETURNING``: the row lock is the same one ``SELECT ... FOR
+UPDATE`` takes, a round trip fewer. Only when it changes nothing (not the caller's account,
+or the rule refused) does the account get read, under that lock, to say which.
 """
 
 from __future__ import annotations
@@ -9,16 +14,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import has_request_context
+from sqlalchemy import ColumnElement, update
 
-from service.db import on_commit
+from service.db import on_commit, session
 from service.errors import ApiError
 from service.ledger.models import Account, Entry, Transfer
 from service.ledger.schemas import MAX_BALANCE
 from service.logs import MONEY
 from service.security import request_id
 
-Operation = Callable[[Account, int, "str | None"], Awaitable[Entry]]
-"""A movement of money in or out of one account: ``deposit`` or ``withdraw``."""
+Operation = Callable[[int, int, int, "str | None"], Awaitable[Entry]]
+"""A movement of money in or out of one of the caller's accounts: ``deposit`` or ``withdraw``,
+called with the user's id, the account's id, the amount and the description."""
 
 
 def _not_found() -> ApiError:
@@ -43,13 +50,17 @@ def _log_on_commit(event: str, **fields: Any) -> None:
     on_commit(lambda: MONEY.info(event, extra={"event": event, **fields}))
 
 
-async def deposit(account: Account, amount: int, description: str | None) -> Entry:
-    _require_room(account, amount)
-    entry = await _post(account, amount, "deposit", description)
+async def deposit(user_id: int, account_id: int, amount: int, description: str | None) -> Entry:
+    account = await _change(user_id, account_id, amount, Account.balance <= MAX_BALANCE - amount)
+    if account is None:
+        account = await owned_account(user_id, account_id, lock=True)
+        _require_room(account, amount)
+        account.balance += amount  # room was made meanwhile, by a withdrawal
+    entry = await _entry(account, amount, "deposit", description)
     _log_on_commit(
         "deposit",
-        user_id=account.user_id,
-        account_id=account.id,
+        user_id=user_id,
+        account_id=account_id,
         entry_id=entry.id,
         amount=amount,
         currency=account.currency,
@@ -57,18 +68,50 @@ async def deposit(account: Account, amount: int, description: str | None) -> Ent
     return entry
 
 
-async def withdraw(account: Account, amount: int, description: str | None) -> Entry:
-    _require_funds(account, amount)
-    entry = await _post(account, -amount, "withdrawal", description)
+async def withdraw(user_id: int, account_id: int, amount: int, description: str | None) -> Entry:
+    account = await _change(user_id, account_id, -amount, Account.balance >= amount)
+    if account is None:
+        account = await owned_account(user_id, account_id, lock=True)
+        _require_funds(account, amount)
+        account.balance -= amount  # money came in meanwhile
+    entry = await _entry(account, -amount, "withdrawal", description)
     _log_on_commit(
         "withdrawal",
-        user_id=account.user_id,
-        account_id=account.id,
+        user_id=user_id,
+        account_id=account_id,
         entry_id=entry.id,
         amount=amount,
         currency=account.currency,
     )
     return entry
+
+
+async def _change(
+    user_id: int, account_id: int, delta: int, rule: ColumnElement[bool]
+) -> Account | None:
+    """Lock the caller's account and add ``delta`` to its balance if ``rule`` holds; else None."""
+    if not 0 < account_id < 2**31:
+        raise _not_found()
+    statement = (
+        update(Account)
+        .where(Account.id == account_id, Account.user_id == user_id, rule)
+        .values(balance=Account.balance + delta)
+        .returning(Account)
+        .execution_options(populate_existing=True)
+    )
+    changed: Account | None = (await session.scalars(statement)).one_or_none()
+    return changed
+
+
+async def _entry(account: Account, amount: int, kind: str, description: str | None) -> Entry:
+    """The statement line of a movement whose balance ``account`` already has."""
+    return await Entry.create(
+        account_id=account.id,
+        amount=amount,
+        balance_after=account.balance,
+        kind=kind,
+        description=description,
+    )
 
 
 async def transfer(
@@ -94,15 +137,25 @@ async def transfer(
         )
     _require_funds(source, amount)
     _require_room(target, amount)
-    record = await Transfer.create(
+    record = Transfer(
         user_id=user_id,
         from_account_id=from_id,
         to_account_id=to_id,
         amount=amount,
         description=description,
     )
-    await _post(source, -amount, "transfer_out", description, transfer_id=record.id)
-    await _post(target, amount, "transfer_in", description, transfer_id=record.id)
+    source.balance -= amount
+    target.balance += amount
+    # One flush: the transfer, then both entries in one INSERT, both balances in one
+    # executemany (the rows are locked already, in id order).
+    session.add_all(
+        [
+            record,
+            _line(source, -amount, "transfer_out", description, record),
+            _line(target, amount, "transfer_in", description, record),
+        ]
+    )
+    await record.save()
     _log_on_commit(
         "transfer",
         user_id=user_id,
@@ -133,20 +186,14 @@ def _require_room(account: Account, amount: int) -> None:
         )
 
 
-async def _post(
-    account: Account,
-    amount: int,
-    kind: str,
-    description: str | None,
-    *,
-    transfer_id: int | None = None,
+def _line(
+    account: Account, amount: int, kind: str, description: str | None, transfer: Transfer
 ) -> Entry:
-    account.balance += amount
-    return await Entry.create(
+    return Entry(
         account_id=account.id,
         amount=amount,
         balance_after=account.balance,
         kind=kind,
         description=description,
-        transfer_id=transfer_id,
+        transfer=transfer,
     )

@@ -39,8 +39,10 @@ Amount = Annotated[
 ]
 # Any text is stored verbatim, except the NUL character, which PostgreSQL cannot store.
 NO_NUL = r"^[^\x00]*$"
-# Stored verbatim, spaces included: a schema cannot say what Python's strip() would remove.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
+# Stored verbatim; a name that starts or ends with white space (or is nothing else) is refused,
+# rather than trimmed: what the schema documents is exactly what is accepted and stored.
+NAME = r"^[^\s\x00](?:[^\x00]*[^\s\x00])?$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME)]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1), _INTEGRAL]
 CURRENCIES = sorted(currency.alpha_3 for currency in pycountry.currencies)

@@ -225,15 +225,19 @@ async def test_an_amount_is_a_json_integer_which_100_0_is_too(
     assert await ledger.balance(account) == (100 if status == 201 else 0)
 
 
-async def test_a_name_is_stored_verbatim_spaces_included(
+async def test_a_name_is_stored_verbatim_and_never_blank_or_padded(
     api: Api, service_client: Client, service_connection: AsyncConnection
 ) -> None:
     ada = await api.user()
-    for name in ("  Savings  ", " "):
-        response = await service_client.post(
+    for name in ("  Savings", "Savings  ", " ", "\t", ""):
+        refused = await service_client.post(
             "/accounts", json={"name": name, "currency": "EUR"}, headers=ada.headers
         )
-        assert response.status_code == 201
-        assert (await response.get_json())["name"] == name
+        assert refused.status_code == 422, repr(name)
+        assert (await refused.get_json())["error"]["details"][0]["field"] == "name"
+    kept = await service_client.post(
+        "/accounts", json={"name": "Rainy  day", "currency": "EUR"}, headers=ada.headers
+    )
+    assert (await kept.get_json())["name"] == "Rainy  day"
     stored = (await service_connection.execute(select(Account.name))).scalars().all()
-    assert sorted(stored) == sorted(["  Savings  ", " "])
+    assert stored == ["Rainy  day"]

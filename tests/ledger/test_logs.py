@@ -136,12 +136,10 @@ async def test_a_movement_rolled_back_after_it_was_made_is_not_logged(
 
     with pytest.raises(RuntimeError):
         async with unit_of_work():
-            account = await money.owned_account(ada.id, account_id, lock=True)
-            await money.deposit(account, 500, None)
+            await money.deposit(ada.id, account_id, 500, None)
             raise RuntimeError("the unit of work fails after the deposit")
 
     assert money_lines() == []
     async with unit_of_work():
-        account = await money.owned_account(ada.id, account_id, lock=True)
-        await money.deposit(account, 500, None)
+        await money.deposit(ada.id, account_id, 500, None)
     assert [(line["event"], line["amount"]) for line in money_lines()] == [("deposit", 500)]
