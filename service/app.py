@@ -11,7 +11,7 @@ from quart import Quart, Response, current_app
 from quart_schema import Info, QuartSchema, security_scheme, validate_response
 from sqlalchemy import text
 
-from service import logs, modules, security
+from service import logs, modules, security, serialization
 from service.config import Settings
 from service.db import Database
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
@@ -62,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         scalar_ui_path=None,
         openapi_provider_class=Provider,
     )
+    serialization.init_app(app)
     init_docs(app, TITLE)
     register_error_handlers(app)
     app.register_blueprint(api)

@@ -5,8 +5,9 @@ Knows nothing of the ledger; it could be lifted out as a library.
 
 from service.db._engine import make_engine
 from service.db._loading import NotLoadedError
-from service.db._model import Model, Query
+from service.db._model import Model
 from service.db._quart import Database, streaming_body
+from service.db._query import Query
 from service.db._session import UnitOfWorkError, session
 from service.db._types import UTCDateTime
 from service.db._unit_of_work import on_commit, unit_of_work

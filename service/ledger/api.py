@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import (
     document_response,
@@ -52,7 +53,7 @@ from service.openapi import NoContent
 
 api = Blueprint("ledger", __name__)
 
-Reply = tuple[dict[str, Any], int, dict[str, str]]
+Reply = tuple[BaseModel | dict[str, Any], int, dict[str, str]]
 
 # What each kind of operation can answer besides its success (documented in the OpenAPI
 # document): every route may find the database unreachable (503); an authenticated one may
@@ -196,9 +197,9 @@ async def create_withdrawal(account_id: int, data: Movement) -> Reply:
 async def _move(operation: money.Operation, account_id: int, data: Movement) -> Reply:
     user_id = current_user_id()
 
-    async def work() -> tuple[dict[str, Any], int]:
+    async def work() -> tuple[BaseModel, int]:
         entry = await operation(user_id, account_id, data.amount, data.description)
-        return EntryOut.model_validate(entry, from_attributes=True).model_dump(mode="json"), 201
+        return EntryOut.model_validate(entry, from_attributes=True), 201
 
     return await idempotent(user_id, work)
 
@@ -227,11 +228,11 @@ async def list_entries(account_id: int, query_args: PageQuery) -> EntryPage:
 async def create_transfer(data: NewTransfer) -> Reply:
     user_id = current_user_id()
 
-    async def work() -> tuple[dict[str, Any], int]:
+    async def work() -> tuple[BaseModel, int]:
         record = await money.transfer(
             user_id, data.from_account_id, data.to_account_id, data.amount, data.description
         )
-        return TransferOut.model_validate(record, from_attributes=True).model_dump(mode="json"), 201
+        return TransferOut.model_validate(record, from_attributes=True), 201
 
     return await idempotent(user_id, work)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from quart import request
 from sqlalchemy.exc import IntegrityError
 
@@ -24,10 +25,11 @@ from service.ledger.models import IdempotencyKey, utcnow
 
 KEY_LIFETIME = timedelta(hours=24)
 
-Work = Callable[[], Awaitable[tuple[dict[str, Any], int]]]
+Answer = BaseModel | dict[str, Any]
+Work = Callable[[], Awaitable[tuple[BaseModel, int]]]
 
 
-async def idempotent(user_id: int, work: Work) -> tuple[dict[str, Any], int, dict[str, str]]:
+async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, str]]:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         body, status = await work()
@@ -58,7 +60,7 @@ async def idempotent(user_id: int, work: Work) -> tuple[dict[str, Any], int, dic
             raise
         return _replay(stored, fingerprint)
     body, status = await work()
-    await claim.update(status_code=status, response_body=json.dumps(body))
+    await claim.update(status_code=status, response_body=body.model_dump_json())
     return body, status, {}
 
 
@@ -68,7 +70,7 @@ async def _fingerprint() -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _replay(stored: IdempotencyKey, fingerprint: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _replay(stored: IdempotencyKey, fingerprint: str) -> tuple[Answer, int, dict[str, str]]:
     if stored.request_hash != fingerprint:
         raise ApiError(
             422,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import has_request_context
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, Row, Table, insert, true, update
 
 from service.db import on_commit, session
 from service.errors import ApiError
@@ -23,7 +23,7 @@ from service.ledger.schemas import MAX_BALANCE
 from service.logs import MONEY
 from service.security import request_id
 
-Operation = Callable[[int, int, int, "str | None"], Awaitable[Entry]]
+Operation = Callable[[int, int, int, "str | None"], Awaitable["Row[Any]"]]
 """A movement of money in or out of one of the caller's accounts: ``deposit`` or ``withdraw``,
 called with the user's id, the account's id, the amount and the description."""
 
@@ -50,68 +50,79 @@ def _log_on_commit(event: str, **fields: Any) -> None:
     on_commit(lambda: MONEY.info(event, extra={"event": event, **fields}))
 
 
-async def deposit(user_id: int, account_id: int, amount: int, description: str | None) -> Entry:
-    account = await _change(user_id, account_id, amount, Account.balance <= MAX_BALANCE - amount)
-    if account is None:
-        account = await owned_account(user_id, account_id, lock=True)
-        _require_room(account, amount)
-        account.balance += amount  # room was made meanwhile, by a withdrawal
-    entry = await _entry(account, amount, "deposit", description)
-    _log_on_commit(
-        "deposit",
-        user_id=user_id,
-        account_id=account_id,
-        entry_id=entry.id,
-        amount=amount,
-        currency=account.currency,
+async def deposit(user_id: int, account_id: int, amount: int, description: str | None) -> Row[Any]:
+    """Add ``amount`` to the caller's account; its new statement line."""
+    account = await _change(
+        user_id, account_id, amount, _ACCOUNTS.c.balance <= MAX_BALANCE - amount
     )
-    return entry
+    if account is None:  # not the caller's (404), or no room (422); else room was just made
+        _require_room(await owned_account(user_id, account_id, lock=True), amount)
+        account = await _change(user_id, account_id, amount, true())
+    return await _entry(user_id, account, amount, "deposit", description)
 
 
-async def withdraw(user_id: int, account_id: int, amount: int, description: str | None) -> Entry:
-    account = await _change(user_id, account_id, -amount, Account.balance >= amount)
-    if account is None:
-        account = await owned_account(user_id, account_id, lock=True)
-        _require_funds(account, amount)
-        account.balance -= amount  # money came in meanwhile
-    entry = await _entry(account, -amount, "withdrawal", description)
-    _log_on_commit(
-        "withdrawal",
-        user_id=user_id,
-        account_id=account_id,
-        entry_id=entry.id,
-        amount=amount,
-        currency=account.currency,
-    )
-    return entry
+async def withdraw(user_id: int, account_id: int, amount: int, description: str | None) -> Row[Any]:
+    """Take ``amount`` from the caller's account; its new statement line."""
+    account = await _change(user_id, account_id, -amount, _ACCOUNTS.c.balance >= amount)
+    if account is None:  # not the caller's (404), or not enough (422); else money just came
+        _require_funds(await owned_account(user_id, account_id, lock=True), amount)
+        account = await _change(user_id, account_id, -amount, true())
+    return await _entry(user_id, account, -amount, "withdrawal", description)
+
+
+# Core statements on the hot paths: no ORM unit of work for one row that is written once.
+_ACCOUNTS: Table = Account.__table__  # type: ignore[assignment]
+_ENTRIES: Table = Entry.__table__  # type: ignore[assignment]
 
 
 async def _change(
     user_id: int, account_id: int, delta: int, rule: ColumnElement[bool]
-) -> Account | None:
-    """Lock the caller's account and add ``delta`` to its balance if ``rule`` holds; else None."""
+) -> Row[Any] | None:
+    """Lock the caller's account and add ``delta`` to its balance if ``rule`` holds.
+
+    The account's id, balance and currency, or None if it changed nothing. An
+    ``Account`` loaded earlier in the unit of work keeps its old balance: read it
+    again (``with_for_update()`` does) before using it.
+    """
     if not 0 < account_id < 2**31:
         raise _not_found()
+    accounts = _ACCOUNTS.c
     statement = (
-        update(Account)
-        .where(Account.id == account_id, Account.user_id == user_id, rule)
-        .values(balance=Account.balance + delta)
-        .returning(Account)
-        .execution_options(populate_existing=True)
+        update(_ACCOUNTS)
+        .where(accounts.id == account_id, accounts.user_id == user_id, rule)
+        .values(balance=accounts.balance + delta)
+        .returning(accounts.id, accounts.balance, accounts.currency)
     )
-    changed: Account | None = (await session.scalars(statement)).one_or_none()
+    changed: Row[Any] | None = (await session.execute(statement)).one_or_none()
     return changed
 
 
-async def _entry(account: Account, amount: int, kind: str, description: str | None) -> Entry:
-    """The statement line of a movement whose balance ``account`` already has."""
-    return await Entry.create(
-        account_id=account.id,
-        amount=amount,
-        balance_after=account.balance,
-        kind=kind,
-        description=description,
+async def _entry(
+    user_id: int, account: Row[Any] | None, amount: int, kind: str, description: str | None
+) -> Row[Any]:
+    """The statement line of a movement whose new balance ``account`` has; logged on commit."""
+    assert account is not None  # locked by the caller, so changed
+    statement = (
+        insert(_ENTRIES)
+        .values(
+            account_id=account.id,
+            amount=amount,
+            balance_after=account.balance,
+            kind=kind,
+            description=description,
+        )
+        .returning(*_ENTRIES.c)
     )
+    entry = (await session.execute(statement)).one()
+    _log_on_commit(
+        kind,
+        user_id=user_id,
+        account_id=account.id,
+        entry_id=entry.id,
+        amount=abs(amount),
+        currency=account.currency,
+    )
+    return entry
 
 
 async def transfer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
@@ -110,7 +110,36 @@ async def test_query_chains_like_select(service_connection: AsyncConnection) -> 
 async def test_query_is_a_select_statement() -> None:
     query = Widget.query.filter_by(name="a")
     assert isinstance(query, Query)
-    assert str(query.statement) == str(select(Widget).filter_by(name="a"))
+    assert isinstance(query.statement, Select)
+    assert query.statement.compile().params == {"service_db_q0": "a"}
+    same = str(select(Widget).filter_by(name="a")).replace(":name_1", ":service_db_q0")
+    assert str(query.statement) == same
+
+
+async def test_a_structural_query_is_built_once_and_its_values_carried() -> None:
+    def chain(name: str, size: int) -> Query[Widget]:
+        return Widget.query.filter_by(name=name).order_by(Widget.id).limit(size)
+
+    first, second = chain("a", 1), chain("b", 2)
+
+    assert first._statement is second._statement  # built once, from the cache
+    assert first.statement.compile().params != second.statement.compile().params
+    valued = Widget.query.where(Widget.size > 1)
+    assert valued._statement is not Widget.query.where(Widget.size > 1)._statement
+
+
+async def test_cached_queries_run_with_their_own_values(stored_names: ReadNames) -> None:
+    async with unit_of_work():
+        for name, size in [("a", 1), ("b", 2), ("c", None)]:
+            await Widget.create(name=name, size=size or 0)
+    async with unit_of_work():
+        assert [w.name for w in await Widget.query.filter_by(size=1).all()] == ["a"]
+        assert [w.name for w in await Widget.query.filter_by(size=2).all()] == ["b"]
+        assert (await Widget.query.filter_by(name="c").first_or_404()).size == 0
+        assert await Widget.query.filter_by(name=None).count() == 0  # IS NULL, as written
+        page = Widget.query.order_by(Widget.name).limit(2)
+        assert [w.name for w in await page.all()] == ["a", "b"]
+        assert [w.name for w in await page.offset(2).all()] == ["c"]
 
 
 @pytest.mark.parametrize("name", ["query", "save", "update", "delete", "create", "get"])
