@@ -33,6 +33,7 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
 _STREAMING = "__service_db_streaming_body__"
+_HTTP1 = frozenset({"1.0", "1.1"})
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,13 @@ async def _receive_body() -> None:
     A body over ``MAX_CONTENT_LENGTH`` raises 413 as it arrives; one that does not
     arrive in time, 408. The body stays available to the view.
     """
+    length = request.content_length
+    if length == 0 or (
+        length is None
+        and request.http_version in _HTTP1
+        and "Transfer-Encoding" not in request.headers
+    ):
+        return  # no body: in HTTP/1, neither a length nor chunks (HTTP/2 needs neither)
     try:
         async with asyncio.timeout(request.body_timeout):
             await request.body
