@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.strategy_options import _AbstractLoad
 from sqlalchemy.util.concurrency import in_greenlet
 
+from service.db._readonly import refuse_writes
 from service.db._session import _Session
 
 __all__ = ["NotLoadedError", "eager", "relationship_names"]
@@ -60,11 +61,17 @@ def eager(model: type[Any], relationships: tuple[Any, ...]) -> list[_AbstractLoa
 
 
 @event.listens_for(_Session, "do_orm_execute")
+def _check(state: ORMExecuteState) -> None:
+    # The layer's one listener on every statement its sessions run (each one costs a call).
+    if in_greenlet():
+        refuse_writes(state)
+        return
+    _refuse_implicit_io(state)
+
+
 def _refuse_implicit_io(state: ORMExecuteState) -> None:
     # The layer's sessions run every statement inside greenlet_spawn; a statement
     # outside it comes from attribute access, where it could only fail.
-    if in_greenlet():
-        return
     if state.is_relationship_load:
         path = state.loader_strategy_path
         prop = path[-1] if path is not None and len(path) else None

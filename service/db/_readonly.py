@@ -21,7 +21,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from service.db._session import READONLY, UnitOfWorkError, _Session
 
-__all__ = ["readonly_bind"]
+__all__ = ["readonly_bind", "refuse_writes"]
 
 
 _REFUSED = (
@@ -59,8 +59,8 @@ def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: ob
         raise UnitOfWorkError(_REFUSED.format(what="add, change or delete objects"))
 
 
-@event.listens_for(_Session, "do_orm_execute")
-def _refuse_writes(state: ORMExecuteState) -> None:
+def refuse_writes(state: ORMExecuteState) -> None:
+    """Part of the layer's one ``do_orm_execute`` listener (``_loading``): read-only units."""
     if not state.session.info.get(READONLY):
         return
     statement = state.statement

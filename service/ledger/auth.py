@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timedelta
 
 from quart import Quart, current_app, g, request
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 
 from service import logs, ratelimit
 from service.db import session, unit_of_work
@@ -70,6 +70,10 @@ async def issue(
 
 
 _TOKENS: Table = Token.__table__  # type: ignore[assignment]
+# The hottest query there is: Core, built once, with only the columns authentication needs.
+_BY_HASH = select(
+    _TOKENS.c.id, _TOKENS.c.user_id, _TOKENS.c.expires_at, _TOKENS.c.last_used_at
+).where(_TOKENS.c.token_hash == bindparam("token_hash"))
 
 
 def _unauthorized() -> ApiError:
@@ -85,14 +89,7 @@ async def authenticate() -> None:
     row = None
     token_hash = hash_token(secret)
     if scheme.lower() == "bearer" and secret:
-        tokens = _TOKENS.c  # Core: no ORM machinery for the hottest query there is
-        row = (
-            await session.execute(
-                select(tokens.id, tokens.user_id, tokens.expires_at, tokens.last_used_at).where(
-                    tokens.token_hash == token_hash
-                )
-            )
-        ).one_or_none()
+        row = (await session.execute(_BY_HASH, {"token_hash": token_hash})).one_or_none()
     now = utcnow()
     if row is None or (row.expires_at is not None and row.expires_at <= now):
         await ratelimit.hit("failed_auth", address)

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import has_request_context
-from sqlalchemy import ColumnElement, Row, Table, insert, true, update
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, insert, update
 
 from service.db import on_commit, session
 from service.errors import ApiError
-from service.ledger.models import Account, Entry, Transfer
+from service.ledger.models import Account, Entry, Transfer, utcnow
 from service.ledger.schemas import MAX_BALANCE
 from service.logs import MONEY
 from service.security import request_id
@@ -52,48 +52,56 @@ def _log_on_commit(event: str, **fields: Any) -> None:
 
 async def deposit(user_id: int, account_id: int, amount: int, description: str | None) -> Row[Any]:
     """Add ``amount`` to the caller's account; its new statement line."""
-    account = await _change(
-        user_id, account_id, amount, _ACCOUNTS.c.balance <= MAX_BALANCE - amount
-    )
+    account = await _change(_DEPOSIT, user_id, account_id, amount, limit=MAX_BALANCE - amount)
     if account is None:  # not the caller's (404), or no room (422); else room was just made
         _require_room(await owned_account(user_id, account_id, lock=True), amount)
-        account = await _change(user_id, account_id, amount, true())
+        account = await _change(_MOVE, user_id, account_id, amount)
     return await _entry(user_id, account, amount, "deposit", description)
 
 
 async def withdraw(user_id: int, account_id: int, amount: int, description: str | None) -> Row[Any]:
     """Take ``amount`` from the caller's account; its new statement line."""
-    account = await _change(user_id, account_id, -amount, _ACCOUNTS.c.balance >= amount)
+    account = await _change(_WITHDRAW, user_id, account_id, -amount, limit=amount)
     if account is None:  # not the caller's (404), or not enough (422); else money just came
         _require_funds(await owned_account(user_id, account_id, lock=True), amount)
-        account = await _change(user_id, account_id, -amount, true())
+        account = await _change(_MOVE, user_id, account_id, -amount)
     return await _entry(user_id, account, -amount, "withdrawal", description)
 
 
-# Core statements on the hot paths: no ORM unit of work for one row that is written once.
+# Core statements, built once, on the hot paths: no ORM unit of work for one row written once.
 _ACCOUNTS: Table = Account.__table__  # type: ignore[assignment]
 _ENTRIES: Table = Entry.__table__  # type: ignore[assignment]
 
 
-async def _change(
-    user_id: int, account_id: int, delta: int, rule: ColumnElement[bool]
-) -> Row[Any] | None:
-    """Lock the caller's account and add ``delta`` to its balance if ``rule`` holds.
+def _moving(*rule: ColumnElement[bool]) -> Update:
+    """Lock the caller's account and add ``delta`` to its balance, if ``rule`` holds."""
+    accounts = _ACCOUNTS.c
+    return (
+        update(_ACCOUNTS)
+        .where(accounts.id == bindparam("account"), accounts.user_id == bindparam("owner"), *rule)
+        .values(balance=accounts.balance + bindparam("delta"))
+        .returning(accounts.id, accounts.balance, accounts.currency)
+    )
 
-    The account's id, balance and currency, or None if it changed nothing. An
-    ``Account`` loaded earlier in the unit of work keeps its old balance: read it
-    again (``with_for_update()`` does) before using it.
+
+_DEPOSIT = _moving(_ACCOUNTS.c.balance <= bindparam("limit"))  # limit: MAX_BALANCE - amount
+_WITHDRAW = _moving(_ACCOUNTS.c.balance >= bindparam("limit"))  # limit: the amount
+_MOVE = _moving()  # under a lock already held, the rule checked
+_LINE = insert(_ENTRIES).returning(*_ENTRIES.c)
+
+
+async def _change(
+    statement: Update, user_id: int, account_id: int, delta: int, **limit: int
+) -> Row[Any] | None:
+    """The account's id, new balance and currency, or None if ``statement`` changed nothing.
+
+    An ``Account`` loaded earlier in the unit of work keeps its old balance: read
+    it again (``with_for_update()`` does) before using it.
     """
     if not 0 < account_id < 2**31:
         raise _not_found()
-    accounts = _ACCOUNTS.c
-    statement = (
-        update(_ACCOUNTS)
-        .where(accounts.id == account_id, accounts.user_id == user_id, rule)
-        .values(balance=accounts.balance + delta)
-        .returning(accounts.id, accounts.balance, accounts.currency)
-    )
-    changed: Row[Any] | None = (await session.execute(statement)).one_or_none()
+    values = {"account": account_id, "owner": user_id, "delta": delta, **limit}
+    changed: Row[Any] | None = (await session.execute(statement, values)).one_or_none()
     return changed
 
 
@@ -102,18 +110,16 @@ async def _entry(
 ) -> Row[Any]:
     """The statement line of a movement whose new balance ``account`` has; logged on commit."""
     assert account is not None  # locked by the caller, so changed
-    statement = (
-        insert(_ENTRIES)
-        .values(
-            account_id=account.id,
-            amount=amount,
-            balance_after=account.balance,
-            kind=kind,
-            description=description,
-        )
-        .returning(*_ENTRIES.c)
-    )
-    entry = (await session.execute(statement)).one()
+    values = {
+        "account_id": account.id,
+        "amount": amount,
+        "balance_after": account.balance,
+        "kind": kind,
+        "description": description,
+        "transfer_id": None,
+        "created_at": utcnow(),
+    }
+    entry = (await session.execute(_LINE, values)).one()
     _log_on_commit(
         kind,
         user_id=user_id,
