@@ -14,7 +14,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Model, UTCDateTime
 
@@ -99,7 +99,6 @@ class Entry(Model):
     kind: Mapped[str] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(500))
     transfer_id: Mapped[int | None] = mapped_column(ForeignKey("transfers.id"))
-    transfer: Mapped[Transfer | None] = relationship()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -11,10 +11,11 @@ or the rule refused) does the account get read, under that lock, to say which.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from quart import has_request_context
-from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, insert, update
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, insert, select, update
 
 from service.db import on_commit, session
 from service.errors import ApiError
@@ -32,12 +33,13 @@ def _not_found() -> ApiError:
     return ApiError(404, "not_found", "No such account.")
 
 
-async def owned_account(user_id: int, account_id: int, *, lock: bool = False) -> Account:
-    """The caller's account, or 404 - also for another user's, which must not be revealed."""
+async def owned_account(user_id: int, account_id: int, *, lock: bool = False) -> Row[Any]:
+    """The caller's account (its row), or 404 - also for another user's, never revealed."""
     if not 0 < account_id < 2**31:  # beyond the id column's range: cannot exist
         raise _not_found()
-    query = Account.query.filter_by(id=account_id, user_id=user_id)
-    account = await (query.with_for_update() if lock else query).first()
+    statement = _OWNED_LOCKED if lock else _OWNED
+    values = {"account": account_id, "owner": user_id}
+    account: Row[Any] | None = (await session.execute(statement, values)).one_or_none()
     if account is None:
         raise _not_found()
     return account
@@ -88,6 +90,27 @@ _DEPOSIT = _moving(_ACCOUNTS.c.balance <= bindparam("limit"))  # limit: MAX_BALA
 _WITHDRAW = _moving(_ACCOUNTS.c.balance >= bindparam("limit"))  # limit: the amount
 _MOVE = _moving()  # under a lock already held, the rule checked
 _LINE = insert(_ENTRIES).returning(*_ENTRIES.c)
+_LINES = insert(_ENTRIES)
+_OWNED = select(_ACCOUNTS).where(
+    _ACCOUNTS.c.id == bindparam("account"), _ACCOUNTS.c.user_id == bindparam("owner")
+)
+_OWNED_LOCKED = _OWNED.with_for_update()
+_BOTH_LOCKED = (
+    select(_ACCOUNTS)
+    .where(
+        _ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)),
+        _ACCOUNTS.c.user_id == bindparam("owner"),
+    )
+    .order_by(_ACCOUNTS.c.id)
+    .with_for_update()
+)
+_SET_BALANCE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("account"))
+    .values(balance=bindparam("balance"))
+)
+_TRANSFERS: Table = Transfer.__table__  # type: ignore[assignment]
+_TRANSFER = insert(_TRANSFERS).returning(*_TRANSFERS.c)
 
 
 async def _change(
@@ -110,15 +133,7 @@ async def _entry(
 ) -> Row[Any]:
     """The statement line of a movement whose new balance ``account`` has; logged on commit."""
     assert account is not None  # locked by the caller, so changed
-    values = {
-        "account_id": account.id,
-        "amount": amount,
-        "balance_after": account.balance,
-        "kind": kind,
-        "description": description,
-        "transfer_id": None,
-        "created_at": utcnow(),
-    }
+    values = _line_values(account.id, amount, account.balance, kind, description, utcnow())
     entry = (await session.execute(_LINE, values)).one()
     _log_on_commit(
         kind,
@@ -133,15 +148,14 @@ async def _entry(
 
 async def transfer(
     user_id: int, from_id: int, to_id: int, amount: int, description: str | None
-) -> Transfer:
+) -> Row[Any]:
+    """Move ``amount`` between two of the caller's accounts; the transfer's row."""
     if from_id == to_id:
         raise ApiError(422, "same_account", "A transfer needs two different accounts.")
-    locked = await (
-        Account.query.where(Account.id.in_([from_id, to_id]), Account.user_id == user_id)
-        .order_by(Account.id)
-        .with_for_update()
-        .all()
-    )
+    if not (0 < from_id < 2**31 and 0 < to_id < 2**31):
+        raise _not_found()
+    values = {"ids": [from_id, to_id], "owner": user_id}
+    locked = (await session.execute(_BOTH_LOCKED, values)).all()  # in id order
     accounts = {account.id: account for account in locked}
     if from_id not in accounts or to_id not in accounts:
         raise _not_found()
@@ -154,25 +168,32 @@ async def transfer(
         )
     _require_funds(source, amount)
     _require_room(target, amount)
-    record = Transfer(
-        user_id=user_id,
-        from_account_id=from_id,
-        to_account_id=to_id,
-        amount=amount,
-        description=description,
-    )
-    source.balance -= amount
-    target.balance += amount
-    # One flush: the transfer, then both entries in one INSERT, both balances in one
-    # executemany (the rows are locked already, in id order).
-    session.add_all(
-        [
-            record,
-            _line(source, -amount, "transfer_out", description, record),
-            _line(target, amount, "transfer_in", description, record),
-        ]
-    )
-    await record.save()
+    balances = [
+        {"account": from_id, "balance": source.balance - amount},
+        {"account": to_id, "balance": target.balance + amount},
+    ]
+    await session.execute(_SET_BALANCE, balances)  # one executemany: one round trip
+    now = utcnow()
+    record = (
+        await session.execute(
+            _TRANSFER,
+            {
+                "user_id": user_id,
+                "from_account_id": from_id,
+                "to_account_id": to_id,
+                "amount": amount,
+                "description": description,
+                "created_at": now,
+            },
+        )
+    ).one()
+    lines = [
+        _line_values(from_id, -amount, balances[0]["balance"], "transfer_out", description, now),
+        _line_values(to_id, amount, balances[1]["balance"], "transfer_in", description, now),
+    ]
+    for line in lines:
+        line["transfer_id"] = record.id
+    await session.execute(_LINES, lines)
     _log_on_commit(
         "transfer",
         user_id=user_id,
@@ -185,7 +206,26 @@ async def transfer(
     return record
 
 
-def _require_funds(account: Account, amount: int) -> None:
+def _line_values(
+    account_id: int,
+    amount: int,
+    balance_after: int,
+    kind: str,
+    description: str | None,
+    created_at: datetime,
+) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "amount": amount,
+        "balance_after": balance_after,
+        "kind": kind,
+        "description": description,
+        "transfer_id": None,
+        "created_at": created_at,
+    }
+
+
+def _require_funds(account: Row[Any], amount: int) -> None:
     if account.balance < amount:
         raise ApiError(
             422,
@@ -194,23 +234,10 @@ def _require_funds(account: Account, amount: int) -> None:
         )
 
 
-def _require_room(account: Account, amount: int) -> None:
+def _require_room(account: Row[Any], amount: int) -> None:
     if account.balance + amount > MAX_BALANCE:
         raise ApiError(
             422,
             "balance_limit_exceeded",
             f"The balance of account {account.id} would exceed the maximum of {MAX_BALANCE}.",
         )
-
-
-def _line(
-    account: Account, amount: int, kind: str, description: str | None, transfer: Transfer
-) -> Entry:
-    return Entry(
-        account_id=account.id,
-        amount=amount,
-        balance_after=account.balance,
-        kind=kind,
-        description=description,
-        transfer=transfer,
-    )
