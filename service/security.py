@@ -19,6 +19,7 @@ import time
 import uuid
 
 from quart import Quart, Response, current_app, g, request
+from werkzeug.datastructures import Headers
 
 from service.errors import ApiError
 
@@ -33,10 +34,27 @@ def request_id() -> str:
     """This request's id: the client's ``X-Request-ID`` if sane, else a generated one."""
     found: str | None = g.get("request_id")
     if found is None:
-        given = request.headers.get("X-Request-ID", "")
+        given = _headers(request.headers).get("x-request-id", "")
         found = given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.request_id = found
     return found
+
+
+def _headers(headers: Headers) -> dict[str, str]:
+    """The few request headers read here, in one pass.
+
+    A werkzeug lookup of an absent header raises and catches an exception, the
+    costliest thing these hooks would otherwise do on every request.
+    """
+    found = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in _READ:
+            found[lowered] = value
+    return found
+
+
+_READ = frozenset({"x-request-id", "content-type", "content-length", "transfer-encoding"})
 
 
 def _is_json(mimetype: str) -> bool:
@@ -45,20 +63,22 @@ def _is_json(mimetype: str) -> bool:
     )
 
 
-def _refused_media_type() -> bool:
-    length = request.content_length
-    if length == 0:
+def _refused_media_type(headers: dict[str, str]) -> bool:
+    length = headers.get("content-length")
+    if length is not None and length.strip() == "0":
         return False  # no body, whatever it claims to be
-    if "Content-Type" in request.headers:
+    if "content-type" in headers:
         return not _is_json(request.mimetype)
     # A body without a declared type.
-    return length is not None or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return length is not None or "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 async def _before_request() -> None:
     g.started = time.perf_counter()
-    request_id()
-    if _refused_media_type():
+    headers = _headers(request.headers)
+    given = headers.get("x-request-id", "")
+    g.request_id = given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if _refused_media_type(headers):
         raise ApiError(
             415,
             "unsupported_media_type",

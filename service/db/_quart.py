@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from quart import Quart, current_app, request
+from quart import Quart, Request, current_app, request
 from quart.signals import got_request_exception, request_started
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import IntegrityError
@@ -149,9 +149,10 @@ class _RequestHooks:
                 "A request arrived before the app started serving, so it has no database engine."
                 " In tests, use `async with app.test_app():` around the test client."
             )
-        if not _streams_body(sender):
-            await _receive_body()
-        UnitOfWork(readonly=request.method in _READ_ONLY_METHODS, bind=engine).begin()
+        current: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if _announces_body(current) and not _streams_body(sender, current):
+            await _receive_body(current)
+        UnitOfWork(readonly=current.method in _READ_ONLY_METHODS, bind=engine).begin()
 
     async def end_request(self, response: ResponseTypes) -> ResponseTypes:
         # Ends the unit here rather than at teardown, which Quart skips for a
@@ -181,25 +182,18 @@ class _RequestHooks:
             await unit.end(commit=False)
 
 
-def _streams_body(app: Quart) -> bool:
+def _streams_body(app: Quart, request: Request) -> bool:
     endpoint = request.endpoint
     view = app.view_functions.get(endpoint) if endpoint is not None else None
     return getattr(view, _STREAMING, False)
 
 
-async def _receive_body() -> None:
+async def _receive_body(request: Request) -> None:
     """Wait for the whole body, within ``BODY_TIMEOUT``, before the database may be used.
 
     A body over ``MAX_CONTENT_LENGTH`` raises 413 as it arrives; one that does not
     arrive in time, 408. The body stays available to the view.
     """
-    length = request.content_length
-    if length == 0 or (
-        length is None
-        and request.http_version in _HTTP1
-        and "Transfer-Encoding" not in request.headers
-    ):
-        return  # no body: in HTTP/1, neither a length nor chunks (HTTP/2 needs neither)
     try:
         async with asyncio.timeout(request.body_timeout):
             await request.body
@@ -207,6 +201,21 @@ async def _receive_body() -> None:
         raise RequestTimeout(
             "The request body did not arrive in time; nothing was saved."
         ) from None
+
+
+def _announces_body(request: Request) -> bool:
+    """Whether a body may follow the headers: in HTTP/1, a non-zero length or chunks.
+
+    One pass over the headers: a werkzeug lookup of a header that is absent raises
+    (and catches) an exception, the most expensive thing a GET would do here.
+    """
+    if request.http_version not in _HTTP1:
+        return True  # HTTP/2 and 3 need neither header to send a body
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if lowered == "transfer-encoding" or (lowered == "content-length" and value != "0"):
+            return True
+    return False
 
 
 def _state(app: Quart) -> _AppState:
