@@ -32,6 +32,8 @@ class _Process:
 
     loop: asyncio.AbstractEventLoop | None = None
     engine: AsyncEngine | None = None
+    inherited: list[object] = []
+    """A forked child's copies of its parent's loop and engine, kept but never used."""
 
     @classmethod
     def runtime(cls) -> tuple[asyncio.AbstractEventLoop, AsyncEngine]:
@@ -45,10 +47,16 @@ class _Process:
 
 @worker_process_init.connect
 def _forget_the_parents_connections(**_: Any) -> None:
-    # A forked child shares its parent's sockets: closing them here would cut the
-    # parent's connections, using them would interleave two processes' traffic.
-    if _Process.engine is not None:
-        _Process.engine.sync_engine.dispose(close=False)
+    # A forked child shares its parent's sockets, and its parent's epoll instance
+    # too (the loop's selector). Using the inherited connections would interleave
+    # two processes' traffic; letting them be garbage collected is no better: a
+    # collected asyncpg connection aborts its transport, which unregisters the
+    # socket from that shared epoll instance, and the parent then never hears
+    # from its own connection again. So the child keeps its copies of the parent's
+    # loop and engine alive, untouched, for as long as it lives (a worker process
+    # ends with os._exit, which finalizes nothing), and makes its own.
+    if _Process.loop is not None or _Process.engine is not None:
+        _Process.inherited.append((_Process.loop, _Process.engine))
     _Process.engine = None
     _Process.loop = None
 

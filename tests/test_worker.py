@@ -216,7 +216,7 @@ async def test_a_failed_commit_fails_the_task(eager: Any, service_engine: AsyncE
 
 
 FORK = """
-import os, sys
+import gc, os, sys
 from celery.signals import worker_process_init
 from sqlalchemy import text
 from service.worker import _Process
@@ -231,6 +231,7 @@ before = loop.run_until_complete(backend_pid(engine))  # the pool keeps this con
 child = os.fork()
 if child == 0:
     worker_process_init.send(sender=None)  # what Celery sends in a new worker process
+    gc.collect()  # whatever the child let go of is finalized now, not at some later moment
     child_loop, child_engine = _Process.runtime()
     assert child_engine is not engine
     mine = child_loop.run_until_complete(backend_pid(child_engine))
@@ -249,7 +250,8 @@ async def test_a_forked_worker_process_leaves_its_parents_connections_alone(
         sys.executable,
         "-c",
         FORK,
-        env={**os.environ, "DATABASE_URL": service_database_url},
+        # A parent whose connection was cut off waits for an answer: not for 30 s.
+        env={**os.environ, "DATABASE_URL": service_database_url, "DATABASE_COMMAND_TIMEOUT": "5"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
