@@ -14,9 +14,11 @@ from service import modules
 from service.config import Settings
 from service.db import Database
 from service.errors import JSONRequest, error_response, register_error_handlers
+from service.jobs import Jobs
 from service.ledger.api import api
 
 db = Database()
+jobs = Jobs(db)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -31,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     if config:
         app.config.update(config)
     db.init_app(app)
+    jobs.init_app(app)
     QuartSchema(
         app,
         info=Info(title="Ledger API", version="0.1.0"),
