@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     jobs_concurrency: int = Field(default=4, ge=1)
     """Jobs one serving process runs at a time (``background``)."""
 
-    jobs_lease: float = Field(default=5.0, gt=0)
+    jobs_lease: float = Field(default=3.0, gt=0)
     """Seconds a delivery holds its job unless renewed (it is, while it runs): after a crash,
     a job is delivered again within this, plus the sweep interval, of a restart."""
 

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("dedupe_key", sa.String(length=255), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("queued_at", sa.DateTime(), nullable=True),
         sa.Column("ended_at", sa.DateTime(), nullable=True),
         sa.CheckConstraint(
             "state IN ('scheduled', 'queued', 'running', 'dead')",

@@ -107,9 +107,13 @@ async def run_delivered(
     ``None`` if the message is stale: the delivery is no longer queued.
     """
     owner = new_owner()
-    delivery = await unit_of_work(bind=bind)(_outbox.claim)(
-        job_id, attempt, owner=owner, lease=lease
-    )
+    delivery = None
+    # A copy of a message already delivered is common (sent again while the first waited
+    # in a long queue): found out by a read, it costs no write (SQLite's write lock).
+    if await unit_of_work(bind=bind, readonly=True)(_outbox.queued)(job_id, attempt):
+        delivery = await unit_of_work(bind=bind)(_outbox.claim)(
+            job_id, attempt, owner=owner, lease=lease
+        )
     if delivery is None:
         logger.info("job %s: delivery %s is no longer queued; message dropped", job_id, attempt)
         return None

@@ -79,7 +79,6 @@ async def deliver_inline(delivery: Delivery, *, bind: Bind | None = None, owner:
             return outcome
         taken = await unit_of_work(bind=bind)(_outbox.take)(
             limit=1,
-            state="running",
             owner=owner,
             lease=timedelta(minutes=5),
             ids=[delivery.id],

@@ -9,10 +9,11 @@
   for all of them. One that turns out to be taken over is cancelled, which rolls
   it back; so is one whose renewal cannot be written before its lease runs out.
 - **The sweeper** (``sweeper``, about once a second) schedules the periodic jobs
-  that have no instance; then, if this process has free slots, it takes the jobs
-  whose ``due_at`` has passed: never delivered (their process died after the
-  commit), retries whose backoff is over, leases that ran out. An idle sweeper
-  only reads.
+  that have no instance; then, if this process has room, it takes the jobs whose
+  ``due_at`` has passed (as many as it has free slots, and as many again to wait
+  for one): never delivered (their process died after the commit), retries whose
+  backoff is over, leases that ran out. While due jobs are left over, it takes
+  more as soon as a slot is free. An idle sweeper only reads.
 
 With the Celery backend no job runs here: the sweeper hands what it takes to the
 broker (``relay``), as the kick does.
@@ -63,6 +64,8 @@ _START_BEFORE = 1 / 2
 _GIVE_UP_AT = 1 / 4
 """...and one whose renewal failed is cancelled when less than this is left."""
 _RELAY_BATCH = 100
+_HELD_PER_SLOT = 4
+"""Deliveries a dispatcher holds (waiting or running) per slot, at most."""
 
 
 def new_owner() -> str:
@@ -95,10 +98,21 @@ class Dispatcher:
     on_outcome: Callable[[Outcome], None] | None = None
     _held: dict[tuple[int, int], _Held] = field(default_factory=dict)
     _waiting: deque[_Held] = field(default_factory=deque)
+    _overflow: deque[Delivery] = field(default_factory=deque)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kick(self, delivery: Delivery) -> None:
-        """Deliver ``delivery``, reserved for this process, as soon as a slot is free."""
+        """Deliver ``delivery``, reserved for this process, as soon as a slot is free.
+
+        Past ``4 * concurrency`` held deliveries it is only noted: once there is room,
+        its reservation is renewed and it waits for a slot (unless a sweeper took it
+        meanwhile, its reservation over), so that no more leases are renewed than
+        this process can soon run.
+        """
+        if len(self._held) >= _HELD_PER_SLOT * self.concurrency:
+            self._overflow.append(delivery)
+            return
         held = _Held(delivery, delivery.deadline)
         self._held[delivery.token] = held
         self._waiting.append(held)
@@ -115,22 +129,25 @@ class Dispatcher:
                 return
             if self._held:
                 await self._renew()
-                self._start_waiting()
+            if self._overflow:
+                await self._hold_overflow()
+            self._start_waiting()
             self._changed.clear()
             await _first(self._changed.wait(), self.stopping.wait(), seconds=interval)
 
     async def sweeper(self) -> None:
-        """About every ``sweep_interval``: periodic jobs, then due ones; until stopping."""
+        """About every ``sweep_interval``: periodic jobs, then due ones; until stopping. While
+        due jobs are left over, again as soon as a slot is free."""
         while not self.stopping.is_set():
+            self._freed.clear()
+            more = False
             try:
                 await self._schedule_periodic()
-                if self.relay is not None:
-                    await self._relay_due()
-                else:
-                    await self._take_due()
+                more = await (self._relay_due() if self.relay is not None else self._take_due())
             except Exception as error:
                 logger.warning("the jobs sweeper failed: %r", error)
-            await _first(self.stopping.wait(), seconds=self.sweep_interval)
+            waits = [self.stopping.wait(), *([self._freed.wait()] if more else [])]
+            await _first(*waits, seconds=self.sweep_interval)
 
     async def release(self) -> None:
         """Once every delivery has ended: hand back what this process still holds, due now."""
@@ -166,9 +183,29 @@ class Dispatcher:
         self.spawn(self._deliver, held)
 
     def _forget_waiting(self) -> None:
+        self._overflow.clear()
         while self._waiting:
             held = self._waiting.popleft()
             self._held.pop(held.delivery.token, None)
+
+    async def _hold_overflow(self) -> None:
+        room = _HELD_PER_SLOT * self.concurrency - len(self._held)
+        if room <= 0 or self.stopping.is_set():
+            return
+        batch = [self._overflow.popleft() for _ in range(min(room, len(self._overflow)))]
+        try:
+            renewed, deadline = await unit_of_work(bind=self.bind)(_outbox.renew)(
+                [delivery.token for delivery in batch], owner=self.owner, lease=self.lease
+            )
+        except Exception as error:
+            logger.warning("could not renew the reservations of %d jobs: %r", len(batch), error)
+            self._overflow.extendleft(reversed(batch))
+            return
+        for delivery in batch:
+            if delivery.token in renewed:  # else a sweeper took it, its reservation over
+                held = _Held(delivery, deadline)
+                self._held[delivery.token] = held
+                self._waiting.append(held)
 
     async def _deliver(self, held: _Held) -> None:
         held.task = asyncio.current_task()
@@ -183,6 +220,7 @@ class Dispatcher:
         finally:
             self._held.pop(held.delivery.token, None)
             self._changed.set()
+            self._freed.set()
             self._start_waiting()
 
     async def _renew(self) -> None:
@@ -224,31 +262,38 @@ class Dispatcher:
         if await read(names):
             await unit_of_work(bind=self.bind)(_outbox.ensure_periodic)(names, _outbox.utcnow())
 
-    async def _take_due(self) -> None:
-        free = self.concurrency - len(self._held)
-        if free <= 0 or not await unit_of_work(bind=self.bind, readonly=True)(_outbox.due)():
-            return
+    async def _take_due(self) -> bool:
+        """Take due jobs for the free slots and as many again to wait for one, room allowing;
+        returns whether more may be due."""
+        room = min(2 * self.concurrency, _HELD_PER_SLOT * self.concurrency - len(self._held))
+        if room <= 0:
+            return True
+        if not await unit_of_work(bind=self.bind, readonly=True)(_outbox.due)():
+            return False
         taken = await unit_of_work(bind=self.bind)(_outbox.take)(
-            limit=free, state="running", owner=self.owner, lease=self.lease
+            limit=room, owner=self.owner, lease=self.lease
         )
         for delivery in taken:
             if self.stopping.is_set():
                 continue  # taken as the app began stopping: release() hands it back
             held = _Held(delivery, delivery.deadline)
             self._held[delivery.token] = held
-            self._start(held)
+            self._waiting.append(held)
+        self._start_waiting()
         if taken:
             self._changed.set()
+        return len(taken) == room
 
-    async def _relay_due(self) -> None:
+    async def _relay_due(self) -> bool:
         assert self.relay is not None
         while await unit_of_work(bind=self.bind, readonly=True)(_outbox.due)():
-            taken = await unit_of_work(bind=self.bind)(_outbox.take)(
-                limit=_RELAY_BATCH, state="queued", owner=None, lease=self.lease
+            taken = await unit_of_work(bind=self.bind)(_outbox.relay)(
+                limit=_RELAY_BATCH, lease=self.lease
             )
             await self.relay(taken)
             if len(taken) < _RELAY_BATCH or self.stopping.is_set():
-                return
+                break
+        return False
 
 
 async def _first(*waits: Coroutine[Any, Any, Any], seconds: float) -> None:

@@ -87,6 +87,7 @@ def enqueue(body: Body, *args: Any) -> None:
             attempts=1,
             due_at=now + route.lease,
             owner=route.owner,
+            queued_at=now,
         )
     row.created_at = now
     session.add(row)
@@ -139,7 +140,7 @@ async def drain(*, bind: Bind | None = None) -> int:
     delivered = 0
     while True:
         taken = await unit_of_work(bind=bind)(_outbox.take)(
-            limit=100, state="running", owner=EAGER_OWNER, lease=_DRAIN_LEASE, not_due=True
+            limit=100, owner=EAGER_OWNER, lease=_DRAIN_LEASE, not_due=True
         )
         if not taken:
             return delivered

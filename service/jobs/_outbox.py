@@ -5,17 +5,20 @@ so it exists exactly when that unit committed. Its ``state``:
 
 - ``scheduled``: waiting until ``due_at`` (a retry's backoff, a periodic job's next
   run, or a job enqueued where no dispatcher runs);
-- ``queued``: handed over for delivery number ``attempts`` (to this process's
-  runner, or to the broker), which must start before ``due_at``;
+- ``queued``: delivery number ``attempts`` was handed over (to this process's
+  dispatcher, or to the broker) and should start before ``due_at``;
 - ``running``: delivery number ``attempts`` runs on ``owner``, whose lease ends at
   ``due_at`` unless it is renewed;
 - ``dead``: its last attempt failed; ``last_error`` says how.
 
-Whatever the state, a row whose ``due_at`` has passed is the sweeper's to take
-again (``take``): nothing ever waits on a process that is gone. Each taking adds
-one to ``attempts``, so ``(id, attempts)`` names one delivery: renewing its lease,
-acknowledging it (``ack``, in the job's own unit of work) and recording its
-failure all require that pair, and fail once another delivery has taken over.
+Whatever the state, a row whose ``due_at`` has passed is a sweeper's to take
+again: nothing ever waits on a process that is gone. Taking a job for a new
+delivery adds one to ``attempts``, so ``(id, attempts)`` names one delivery:
+starting it, renewing its lease, acknowledging it (``ack``, in the job's own unit
+of work) and recording its failure all require that pair, and fail once another
+delivery has taken over. (A message the broker may still hold is sent again
+under the same number instead, ``relay``: whichever copy a worker gets first
+starts the delivery, the others find it no longer queued.)
 Every function here runs in the current unit of work.
 """
 
@@ -59,6 +62,8 @@ __all__ = [
     "mark_dead",
     "missing_periodic",
     "prune_dead",
+    "queued",
+    "relay",
     "release",
     "renew",
     "reschedule",
@@ -105,6 +110,8 @@ class JobRow(Model):
     """A periodic job's name: at most one row at a time carries it."""
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the current delivery was handed over."""
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     """When it went dead."""
 
@@ -138,34 +145,50 @@ async def due(now: datetime | None = None) -> bool:
     return await session.scalar(query) is not None
 
 
+def _due_candidates(now: datetime, limit: int) -> Any:
+    """Up to ``limit`` due jobs, oldest due first; locked, skipping rows others have locked.
+
+    On PostgreSQL that is ``FOR UPDATE SKIP LOCKED``, so two takers never get the
+    same row; SQLite has no row locks (the clause is left out) and needs none: the
+    writing unit of work holds the database's write lock from its BEGIN.
+    """
+    return (
+        select(JobRow.id)
+        .where(JobRow.due_at <= now)
+        .order_by(JobRow.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 async def take(
     *,
     limit: int,
-    state: str,
-    owner: str | None,
+    owner: str,
     lease: timedelta,
     ids: Sequence[int] | None = None,
     not_due: bool = False,
 ) -> list[Delivery]:
-    """Take up to ``limit`` due jobs for a new delivery each: ``running`` on ``owner``, or
-    ``queued`` for the broker; the lease or the reservation ends after ``lease``.
+    """Take up to ``limit`` due jobs for a new delivery each, ``running`` on ``owner`` with a
+    lease of ``lease``.
 
-    ``ids``: those jobs, due or not. ``not_due``: scheduled jobs too, retries
-    waiting out their backoff (not periodic ones, whose due time is their
-    schedule). PostgreSQL locks the candidates with ``FOR UPDATE SKIP LOCKED``,
-    so two takers never get the same row; on SQLite the unit of work holds the
-    database's write lock.
+    ``ids``: those jobs, due or not (not dead). ``not_due``: scheduled jobs too,
+    retries waiting out their backoff (not periodic ones, whose due time is their
+    schedule).
     """
     now = utcnow()
-    candidates = select(JobRow.id).where(JobRow.due_at.is_not(None))
     if ids is not None:
-        candidates = candidates.where(JobRow.id.in_(ids))
+        candidates = select(JobRow.id).where(JobRow.id.in_(ids), JobRow.due_at.is_not(None))
     elif not_due:
         waiting = (JobRow.state == "scheduled") & JobRow.dedupe_key.is_(None)
-        candidates = candidates.where(or_(JobRow.due_at <= now, waiting))
+        candidates = (
+            select(JobRow.id)
+            .where(or_(JobRow.due_at <= now, waiting))
+            .order_by(JobRow.due_at)
+            .limit(limit)
+        )
     else:
-        candidates = candidates.where(JobRow.due_at <= now)
-    candidates = candidates.order_by(JobRow.due_at).limit(limit)
+        candidates = _due_candidates(now, limit)
     chosen = list((await session.scalars(candidates.with_for_update(skip_locked=True))).all())
     if not chosen:
         return []
@@ -173,11 +196,74 @@ async def take(
     rows = await session.execute(
         update(JobRow)
         .where(JobRow.id.in_(chosen))
-        .values(state=state, owner=owner, attempts=JobRow.attempts + 1, due_at=deadline)
+        .values(
+            state="running",
+            owner=owner,
+            attempts=JobRow.attempts + 1,
+            due_at=deadline,
+            queued_at=now,
+        )
         .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args)
         .execution_options(synchronize_session=False)
     )
     return sorted((_delivery(row, deadline) for row in rows), key=lambda d: d.id)
+
+
+async def relay(*, limit: int, lease: timedelta) -> list[Delivery]:
+    """Take up to ``limit`` due jobs to (re)send to the broker, ``queued`` for ``lease``.
+
+    A job still queued keeps its number: its message may only be late, behind a
+    long queue, and is sent again, the next time after a wait as long as it has
+    waited so far (so a deep queue gets a few copies, never one per lease). Any
+    other (scheduled, or a lease run out) is queued for a new delivery.
+    """
+    now = utcnow()
+    chosen = list((await session.scalars(_due_candidates(now, limit))).all())
+    if not chosen:
+        return []
+    rows = (
+        await session.execute(
+            select(JobRow.id, JobRow.state, JobRow.attempts, JobRow.queued_at).where(
+                JobRow.id.in_(chosen)
+            )
+        )
+    ).all()
+    again, new = [], []
+    for row in rows:
+        if row.state == "queued" and row.queued_at is not None:
+            wait = max(lease, now - row.queued_at)
+            again.append({"id": row.id, "due_at": now + wait})
+        else:
+            new.append(row.id)
+    if again:
+        await session.execute(update(JobRow), again)  # by primary key, one executemany
+    if new:
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.id.in_(new))
+            .values(
+                state="queued",
+                owner=None,
+                attempts=JobRow.attempts + 1,
+                due_at=now + lease,
+                queued_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    sent = await session.execute(
+        select(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.due_at)
+        .where(JobRow.id.in_(chosen))
+        .order_by(JobRow.id)
+    )
+    return [_delivery(row, row.due_at) for row in sent]
+
+
+async def queued(job_id: int, attempt: int) -> bool:
+    """Whether delivery ``(job_id, attempt)`` is queued: a read, before ``claim`` writes."""
+    query = select(JobRow.id).where(
+        JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state == "queued"
+    )
+    return await session.scalar(query) is not None
 
 
 async def claim(job_id: int, attempt: int, *, owner: str, lease: timedelta) -> Delivery | None:

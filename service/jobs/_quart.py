@@ -39,7 +39,7 @@ def backend_of(config: Mapping[str, Any]) -> str:
 
 
 def lease_of(config: Mapping[str, Any]) -> timedelta:
-    return timedelta(seconds=float(config.get("JOBS_LEASE", 5.0)))
+    return timedelta(seconds=float(config.get("JOBS_LEASE", 3.0)))
 
 
 @dataclass
