@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/ledger_load.py
 	$(BIN)/python bench/isolation.py
 	$(BIN)/python bench/import_entries.py
+	$(BIN)/python bench/jobs.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,19 +1,24 @@
 """The dispatcher: what delivers the outbox's jobs in a serving process (and a worker's).
 
-- **Kicked jobs start at once.** A job enqueued in this process is written
-  ``queued`` for it, reserved until ``due_at`` (one lease after the enqueue):
-  nobody else takes it before then, so the dispatcher starts it with no write of
-  its own, as soon as one of its ``concurrency`` slots is free.
+A dispatcher holds at most ``4 * concurrency`` deliveries, running or waiting for
+one of its ``concurrency`` slots, so that it never renews more leases than it
+will soon run.
+
+- **Kicked jobs start at once.** A job enqueued in this process while it has room
+  is written ``queued`` for it, reserved until ``due_at`` (one lease after the
+  enqueue): nobody else takes it before then, so the dispatcher starts it with no
+  write of its own. Without room, the job is written due at once, for any
+  process's sweeper to take (this one is told to look).
 - **Leases are renewed** (``renewals``): once a third of a held delivery's lease
   has passed (waiting for a slot, or running), it is renewed, in one statement
   for all of them. One that turns out to be taken over is cancelled, which rolls
   it back; so is one whose renewal cannot be written before its lease runs out.
 - **The sweeper** (``sweeper``, about once a second) schedules the periodic jobs
-  that have no instance; then, if this process has room, it takes the jobs whose
-  ``due_at`` has passed (as many as it has free slots, and as many again to wait
-  for one): never delivered (their process died after the commit), retries whose
-  backoff is over, leases that ran out. While due jobs are left over, it takes
-  more as soon as a slot is free. An idle sweeper only reads.
+  that have no instance; then, with room for at least half of what it may hold,
+  it takes jobs whose ``due_at`` has passed, in one statement: never delivered
+  (their process died after the commit), retries whose backoff is over, leases
+  that ran out. While due jobs are left over, it looks again once room is free.
+  An idle sweeper only reads.
 
 With the Celery backend no job runs here: the sweeper hands what it takes to the
 broker (``relay``), as the kick does.
@@ -26,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -98,25 +104,25 @@ class Dispatcher:
     on_outcome: Callable[[Outcome], None] | None = None
     _held: dict[tuple[int, int], _Held] = field(default_factory=dict)
     _waiting: deque[_Held] = field(default_factory=deque)
-    _overflow: deque[Delivery] = field(default_factory=deque)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _freed: asyncio.Event = field(default_factory=asyncio.Event)
+    _sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def room(self) -> int:
+        """How many more jobs may be reserved for this process: ``4 * concurrency`` held at
+        most, so that it never renews more leases than it will soon run."""
+        return _HELD_PER_SLOT * self.concurrency - len(self._held)
 
     def kick(self, delivery: Delivery) -> None:
-        """Deliver ``delivery``, reserved for this process, as soon as a slot is free.
-
-        Past ``4 * concurrency`` held deliveries it is only noted: once there is room,
-        its reservation is renewed and it waits for a slot (unless a sweeper took it
-        meanwhile, its reservation over), so that no more leases are renewed than
-        this process can soon run.
-        """
-        if len(self._held) >= _HELD_PER_SLOT * self.concurrency:
-            self._overflow.append(delivery)
-            return
+        """Deliver ``delivery``, reserved for this process, as soon as a slot is free."""
         held = _Held(delivery, delivery.deadline)
         self._held[delivery.token] = held
         self._waiting.append(held)
         self._start_waiting()
+
+    def sweep_soon(self) -> None:
+        """Jobs were enqueued for any process to take (this one had no room): look now."""
+        self._sweep_now.set()
 
     async def renewals(self, *, until_idle: bool = False) -> None:
         """Renew the leases of held deliveries; return once stopping (or, ``until_idle``, at
@@ -129,24 +135,28 @@ class Dispatcher:
                 return
             if self._held:
                 await self._renew()
-            if self._overflow:
-                await self._hold_overflow()
             self._start_waiting()
             self._changed.clear()
             await _first(self._changed.wait(), self.stopping.wait(), seconds=interval)
 
     async def sweeper(self) -> None:
         """About every ``sweep_interval``: periodic jobs, then due ones; until stopping. While
-        due jobs are left over, again as soon as a slot is free."""
+        due jobs are left over, again once room is free."""
+        periodic_at = 0.0
         while not self.stopping.is_set():
             self._freed.clear()
+            self._sweep_now.clear()
             more = False
             try:
-                await self._schedule_periodic()
+                if time.monotonic() >= periodic_at:
+                    periodic_at = time.monotonic() + self.sweep_interval
+                    await self._schedule_periodic()
                 more = await (self._relay_due() if self.relay is not None else self._take_due())
             except Exception as error:
                 logger.warning("the jobs sweeper failed: %r", error)
-            waits = [self.stopping.wait(), *([self._freed.wait()] if more else [])]
+            waits = [self.stopping.wait(), self._sweep_now.wait()]
+            if more:
+                waits.append(self._freed.wait())
             await _first(*waits, seconds=self.sweep_interval)
 
     async def release(self) -> None:
@@ -183,29 +193,9 @@ class Dispatcher:
         self.spawn(self._deliver, held)
 
     def _forget_waiting(self) -> None:
-        self._overflow.clear()
         while self._waiting:
             held = self._waiting.popleft()
             self._held.pop(held.delivery.token, None)
-
-    async def _hold_overflow(self) -> None:
-        room = _HELD_PER_SLOT * self.concurrency - len(self._held)
-        if room <= 0 or self.stopping.is_set():
-            return
-        batch = [self._overflow.popleft() for _ in range(min(room, len(self._overflow)))]
-        try:
-            renewed, deadline = await unit_of_work(bind=self.bind)(_outbox.renew)(
-                [delivery.token for delivery in batch], owner=self.owner, lease=self.lease
-            )
-        except Exception as error:
-            logger.warning("could not renew the reservations of %d jobs: %r", len(batch), error)
-            self._overflow.extendleft(reversed(batch))
-            return
-        for delivery in batch:
-            if delivery.token in renewed:  # else a sweeper took it, its reservation over
-                held = _Held(delivery, deadline)
-                self._held[delivery.token] = held
-                self._waiting.append(held)
 
     async def _deliver(self, held: _Held) -> None:
         held.task = asyncio.current_task()
@@ -263,10 +253,10 @@ class Dispatcher:
             await unit_of_work(bind=self.bind)(_outbox.ensure_periodic)(names, _outbox.utcnow())
 
     async def _take_due(self) -> bool:
-        """Take due jobs for the free slots and as many again to wait for one, room allowing;
-        returns whether more may be due."""
-        room = min(2 * self.concurrency, _HELD_PER_SLOT * self.concurrency - len(self._held))
-        if room <= 0:
+        """Take due jobs while there is room for half of what this process may hold (so that
+        one statement takes many); returns whether more may be due."""
+        room = self.room()
+        if room < _HELD_PER_SLOT * self.concurrency // 2:
             return True
         if not await unit_of_work(bind=self.bind, readonly=True)(_outbox.due)():
             return False

@@ -3,7 +3,10 @@
 Where the kick goes depends on where the unit of work runs:
 
 - in a serving process with the ``background`` backend, to its dispatcher; the
-  row is reserved for it (``queued``, owned by it, until one lease from now);
+  row is reserved for it (``queued``, owned by it, until one lease from now).
+  If the dispatcher has no room (``Dispatcher.room()``, less what this unit of
+  work has reserved already), the row is ``scheduled``, due at once, for any
+  process's sweeper;
 - with ``celery``, to the broker (the row is reserved for the worker that
   receives the message; from a serving process the send is a background task,
   so the response does not wait for the broker);
@@ -37,6 +40,7 @@ from service.jobs._registry import Body, job_name, registry
 __all__ = ["EAGER_OWNER", "config", "drain", "enqueue"]
 
 EAGER_OWNER = "eager"
+_RESERVED = "service.jobs.reserved"
 _DRAIN_LEASE = timedelta(minutes=5)
 
 _OUTSIDE = (
@@ -60,6 +64,8 @@ class _Route:
     kick: Kick | None
     lease: timedelta
     owner: str | None = None
+    wake: Callable[[], None] | None = None
+    """Told once the unit has committed, when the job is not kicked (a sweeper to look)."""
 
 
 def enqueue(body: Body, *args: Any) -> None:
@@ -93,6 +99,8 @@ def enqueue(body: Body, *args: Any) -> None:
     session.add(row)
     if route.kick is not None:
         on_commit(functools.partial(route.kick, row, unit.bind))
+    elif route.wake is not None:
+        on_commit(route.wake)
 
 
 def _route(bind: Bind | None) -> _Route:
@@ -115,6 +123,10 @@ def _route(bind: Bind | None) -> _Route:
         or (bind is not None and bind is not dispatcher.bind)
     ):
         return _Route(None, lease)  # no dispatcher here: the sweepers' to deliver
+    reserved: int = session.info.get(_RESERVED, 0)  # in this unit of work, not kicked yet
+    if dispatcher.room() - reserved <= 0:
+        return _Route(None, lease, wake=dispatcher.sweep_soon)  # for whoever has room
+    session.info[_RESERVED] = reserved + 1
     return _Route(lambda row, _: dispatcher.kick(_queued(row)), dispatcher.lease, dispatcher.owner)
 
 

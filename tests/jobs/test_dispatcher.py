@@ -170,3 +170,30 @@ async def test_a_periodic_job_that_dies_is_scheduled_again_for_its_next_period(
     (dead, _, _), (next_state, key, due_at) = rows.all()
     assert (dead, next_state, key) == ("dead", "scheduled", name)
     assert due_at is not None and due_at > utcnow() + timedelta(minutes=59)
+
+
+@pytest.mark.service_committing
+async def test_a_dispatcher_holds_four_jobs_per_slot_and_leaves_the_rest_to_the_sweepers(
+    serving: Serving, reader: AsyncEngine
+) -> None:
+    async with serving(JOBS_CONCURRENCY=1):
+        async with unit_of_work():
+            for number in range(10):
+                enqueue(examples.waits_for_release, f"job {number}")
+
+        async def one_running() -> bool:
+            return sum(examples.started.values()) == 1
+
+        await eventually(one_running)
+        states = sorted(row.state for row in await job_rows(reader))
+        assert states.count("scheduled") == 6  # due at once, for any sweeper with room
+        assert states.count("queued") + states.count("running") == 4  # reserved for this one
+        assert sum(examples.started.values()) == 1  # one slot
+
+        examples.release.set()
+
+        async def all_done() -> bool:
+            return len(await widget_names(reader)) == 10
+
+        await eventually(all_done)
+    assert await job_rows(reader) == [] and set(examples.started.values()) == {1}
