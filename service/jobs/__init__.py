@@ -23,21 +23,23 @@ Where jobs run is the app's ``JOBS_BACKEND`` (``service.config``):
 - ``eager``: at once, in the committing task, after the commit (tests).
 
 The modules in this package: ``_registry`` (``@job``), ``_outbox`` (the table and
-its statements), ``_enqueue``, ``_deliver`` (one delivery), ``_dispatcher`` (the
-kick, the leases, the sweeper), ``_celery`` and ``_quart`` (the two bindings).
+the statements that move a job through it), ``_admin`` (periodic jobs, listing,
+retrying, pruning), ``_enqueue``, ``_deliver`` (one delivery), ``_dispatcher``
+(the kick, the leases, the sweeper), ``_celery`` and ``_quart`` (the bindings).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from service.jobs._admin import list_jobs, prune_dead
+from service.jobs._admin import retry as retry_job
 from service.jobs._celery import DELIVER_TASK, run_delivered
 from service.jobs._deliver import JobLost, Outcome, UnknownJob
 from service.jobs._dispatcher import Dispatcher
 from service.jobs._enqueue import config, drain, enqueue
-from service.jobs._outbox import JobRow, LeaseLost, list_jobs, prune_dead, utcnow
-from service.jobs._outbox import retry as retry_job
-from service.jobs._quart import Jobs, backend_of, lease_of
+from service.jobs._outbox import JobRow, LeaseLost, utcnow
+from service.jobs._quart import Jobs
 from service.jobs._registry import Job, job, job_name, registry
 
 __all__ = [
@@ -50,12 +52,10 @@ __all__ = [
     "LeaseLost",
     "Outcome",
     "UnknownJob",
-    "backend_of",
     "drain",
     "enqueue",
     "job",
     "job_name",
-    "lease_of",
     "list_jobs",
     "prune_dead_jobs",
     "registry",

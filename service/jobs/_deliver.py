@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from service.db import unit_of_work
 from service.db._session import Bind
-from service.jobs import _outbox
+from service.jobs import _admin, _outbox
 from service.jobs._outbox import Delivery, LeaseLost
 from service.jobs._registry import Job, registry
 
@@ -132,7 +132,7 @@ async def _dead(job: Job, delivery: Delivery, error: Exception) -> None:
 async def _dead_only(job: Job, delivery: Delivery, described: str) -> None:
     await _outbox.mark_dead(delivery, described)
     if job.every is not None:
-        await _outbox.ensure_periodic([job.name], _outbox.utcnow() + job.every)
+        await _admin.ensure_periodic([job.name], _outbox.utcnow() + job.every)
 
 
 async def _unknown(*args: object) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from service.db import unit_of_work
 from service.db._session import Bind
-from service.jobs import _outbox
+from service.jobs import _admin, _outbox
 from service.jobs._deliver import Outcome, deliver
 from service.jobs._outbox import Delivery
 from service.jobs._registry import registry
@@ -137,7 +137,10 @@ class Dispatcher:
                 await self._renew()
             self._start_waiting()
             self._changed.clear()
-            await _first(self._changed.wait(), self.stopping.wait(), seconds=interval)
+            waits = [self._changed.wait()]
+            if not self.stopping.is_set():  # once set, it would end every wait at once
+                waits.append(self.stopping.wait())
+            await _first(*waits, seconds=interval)
 
     async def sweeper(self) -> None:
         """About every ``sweep_interval``: periodic jobs, then due ones; until stopping. While
@@ -248,9 +251,9 @@ class Dispatcher:
         names = sorted(name for name, job in registry.items() if job.every is not None)
         if not names:
             return
-        read = unit_of_work(bind=self.bind, readonly=True)(_outbox.missing_periodic)
+        read = unit_of_work(bind=self.bind, readonly=True)(_admin.missing_periodic)
         if await read(names):
-            await unit_of_work(bind=self.bind)(_outbox.ensure_periodic)(names, _outbox.utcnow())
+            await unit_of_work(bind=self.bind)(_admin.ensure_periodic)(names, _outbox.utcnow())
 
     async def _take_due(self) -> bool:
         """Take due jobs while there is room for half of what this process may hold (so that

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import unit_of_work
 from service.jobs import JobRow, drain, enqueue, job, job_name, registry
-from service.jobs._outbox import ensure_periodic, utcnow
+from service.jobs._admin import ensure_periodic
+from service.jobs._outbox import utcnow
 from tests.db.models import Widget
 from tests.jobs import examples
 from tests.jobs.conftest import Serving, eventually, job_rows, widget_names
