@@ -71,6 +71,7 @@ bench: install $(BENCH_STAMP)
 	LEDGER_LOAD_POSTGRES_URL=$(BENCH_POSTGRES)_ledger_load $(BIN)/python bench/ledger_load.py
 	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_isolation $(BIN)/python bench/isolation.py
 	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_import $(BIN)/python bench/import_entries.py
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_jobs $(BIN)/python bench/jobs.py
 
 # Instructions per request under callgrind: about half an hour on this machine, so apart from
 # `make bench`. Figures for a profile, not for speed claims (those are wall-clock ratios).

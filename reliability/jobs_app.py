@@ -1,7 +1,7 @@
 """The service's app, plus statements whose job takes a while: jobs in flight at SIGTERM.
 
 Served by Hypercorn as ``reliability.jobs_app:app``, with the default backend:
-jobs are background tasks of the serving process. The job waits ``delay``
+jobs run in the serving process's own dispatcher. The job waits ``delay``
 seconds, then computes the statement as the real one does.
 """
 

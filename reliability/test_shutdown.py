@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from reliability.audit import audit
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
 from reliability.load import WriteLog, customers, load
+from service.jobs import JobRow
 from service.ledger.models import Statement
 
 CLIENTS = 16
@@ -83,13 +85,16 @@ JOB_DELAY_STEP = 0.75  # delays 0, 0.75 ... 8.25 s: some end within Quart's 5 s 
 async def test_sigterm_leaves_each_job_finished_or_pending(
     backend: str, workers: int, new_database: NewDatabase, tmp_path: Path, figures: Figures
 ) -> None:
-    """Jobs in flight at SIGTERM either finish or stay pending; none is half applied.
+    """Jobs in flight at SIGTERM either finish or stay pending; none is half applied, none lost.
 
     A statement's job writes its figures in one unit of work: "ready" with every
-    figure, or "pending" with none. Quart waits up to 5 s for background tasks
-    when it shuts down, then cancels them, which rolls them back. With several
-    workers Hypercorn's master terminates the others as soon as one has exited,
-    so their jobs are cut off like a crash: rolled back too, left pending.
+    figure, or "pending" with none. Quart waits up to 5 s for the running jobs
+    when it shuts down, then cancels them, which rolls them back; the jobs the
+    process still holds (cut off, or waiting for one of its 4 slots) are handed
+    back to the outbox. With several workers Hypercorn's master terminates the
+    others as soon as one has exited, so their jobs are cut off like a crash:
+    rolled back too, their rows still leased until the lease runs out. Either
+    way each pending statement's job is in the outbox, for the next process.
     """
     url = await new_database(backend)
     log = WriteLog(prefix=f"jobs-{backend}")
@@ -114,6 +119,7 @@ async def test_sigterm_leaves_each_job_finished_or_pending(
             stopped_after = time.monotonic() - signalled_at
 
     stored = await _statements(url)
+    outbox = await _jobs(url)
     outcomes: dict[str, list[float]] = {"ready": [], "pending": [], "broken": []}
     for statement_id, delay in asked:
         row = stored.get(statement_id)
@@ -125,11 +131,21 @@ async def test_sigterm_leaves_each_job_finished_or_pending(
             outcomes["pending"].append(delay)
         else:
             outcomes["broken"].append(delay)
+    pending = [
+        statement_id for statement_id, _ in asked if stored[statement_id]["status"] == "pending"
+    ]
+    waiting = {statement_id: outbox.get(statement_id) for statement_id in pending}
     figures("server exit after SIGTERM (s)", f"{stopped_after:.2f} (exit code {exit_code})")
     figures("jobs by outcome (their delays, s)", outcomes)
+    figures(
+        "pending statements' jobs in the outbox, by state",
+        dict(Counter(state or "MISSING" for state in waiting.values())),
+    )
 
     assert exit_code == 0
     assert outcomes["broken"] == [], "a statement was lost or half written"
+    # What was cut off is not lost: its job waits in the outbox, for the next process to run.
+    assert all(state in ("scheduled", "queued", "running") for state in waiting.values()), waiting
     assert outcomes["pending"], "no job was still running at the end: the test proves nothing"
     if workers == 1:
         assert any(delay >= 1 for delay in outcomes["ready"]), "shutdown did not wait for a job"
@@ -152,6 +168,17 @@ async def _statements(url: str) -> dict[int, dict[str, object]]:
                 )
             )
             return {row.id: dict(row._mapping) for row in rows}
+    finally:
+        await engine.dispose()
+
+
+async def _jobs(url: str) -> dict[int, str]:
+    """The state of each statement's job in the outbox, by statement id."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(select(JobRow.args, JobRow.state))
+            return {row.args[0]: row.state for row in rows if row.args}
     finally:
         await engine.dispose()
 

@@ -15,12 +15,14 @@ from service import logs, modules, security, serialization
 from service.config import Settings
 from service.db import Database
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
+from service.jobs import Jobs
 from service.ledger import auth
 from service.ledger.api import api
 from service.openapi import Provider, init_docs
 from service.ratelimit import RateLimits
 
 db = Database()
+jobs = Jobs(db)
 
 MAX_BODY_BYTES = 1024 * 1024
 TITLE = "Ledger API"
@@ -48,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     if config:
         app.config.update(config)
     db.init_app(app)  # first: its hooks see the request first and the response last
+    jobs.init_app(app)
     security.init_app(app)
     logs.init_app(app)
     RateLimits(app)

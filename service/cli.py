@@ -163,6 +163,58 @@ async def import_entries(
 
 
 @main.group()
+def jobs() -> None:
+    """Inspect the outbox of jobs, and retry dead ones."""
+
+
+JOB_STATES = ("dead", "scheduled", "queued", "running")
+
+
+@jobs.command("list")
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice([*JOB_STATES, "all"]),
+    multiple=True,
+    help="dead (the default), scheduled (waiting for a retry or their time), queued, "
+    "running, or all; repeat for several.",
+)
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@in_unit_of_work
+async def list_jobs(states: tuple[str, ...], limit: int) -> None:
+    """List jobs, the most recent first: dead ones unless --state says otherwise."""
+    from service.jobs import list_jobs as find
+
+    wanted = JOB_STATES if "all" in states else (states or ("dead",))
+    rows = await find(wanted, limit=limit)
+    if not rows:
+        click.echo(f"no {' or '.join(wanted)} jobs")
+        return
+    for row in rows:
+        args = ", ".join(repr(arg) for arg in row.args)
+        line = f"{row.id}  {row.state}  {row.name}({args})  attempts {row.attempts}"
+        when = row.ended_at if row.state == "dead" else row.due_at
+        if when is not None:
+            line += f"  {'died' if row.state == 'dead' else 'due'} {when:%Y-%m-%d %H:%M:%S} UTC"
+        click.echo(line)
+        if row.last_error:
+            click.echo(f"    {row.last_error.strip().splitlines()[-1]}")
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=click.IntRange(1))
+@in_unit_of_work
+async def retry_job(job_id: int) -> None:
+    """Run the dead (or scheduled) job JOB_ID again now, its attempts starting over."""
+    from service.jobs import retry_job as retry
+
+    row = await retry(job_id)
+    if row is None:
+        raise click.ClickException(f"there is no dead or scheduled job {job_id}")
+    click.echo(f"job {job_id} ({row.name}) is scheduled again; a serving process runs it")
+
+
+@main.group()
 def db() -> None:
     """Manage the database schema."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,8 +26,22 @@ class Settings(BaseSettings):
     """The Celery queue the web processes send jobs to and ``service worker`` consumes."""
 
     jobs_backend: Literal["background", "celery", "eager"] | None = None
-    """Where jobs run: ``celery`` if a broker is configured, else ``background`` (tasks of the
-    serving process, awaited at shutdown). ``eager`` runs them at once, after the commit (tests)."""
+    """Where jobs run: ``celery`` if a broker is configured, else ``background`` (the serving
+    process's own dispatcher, awaited at shutdown). ``eager`` runs them at once, after the
+    commit, in the committing task (tests)."""
+
+    jobs_concurrency: int = Field(default=4, ge=1)
+    """Jobs one serving process runs at a time (``background``)."""
+
+    jobs_lease: float = Field(default=3.0, gt=0)
+    """Seconds a delivery holds its job unless renewed (it is, while it runs): after a crash,
+    a job is delivered again within this, plus the sweep interval, of a restart."""
+
+    jobs_sweep_interval: float = Field(default=1.0, gt=0)
+    """Seconds between two looks of a serving process's sweeper for jobs due (again)."""
+
+    jobs_keep_dead_days: float = Field(default=30.0, gt=0)
+    """Days a dead job is kept, for ``service jobs list`` and ``retry``; then it is pruned."""
 
     database_connect_timeout: float = 5.0
     """Seconds to open a database connection before the request answers 503 (PostgreSQL)."""

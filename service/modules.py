@@ -16,6 +16,7 @@ from sqlalchemy.orm import configure_mappers
 __all__ = ["MODULES", "load"]
 
 MODULES: tuple[str, ...] = (
+    "service.jobs",
     "service.ledger.models",
     "service.ledger.statements",
     "service.ledger.maintenance",

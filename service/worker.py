@@ -1,20 +1,23 @@
 """The Celery worker: ``service worker`` (``celery -A service.worker worker``).
 
-Every registered job (``service.jobs``) is a task of ``UnitOfWorkTask``, which
-runs its async body as a unit of work on the worker process's own event loop,
-with the process's own engine. The commit happens inside the task's call, so
-a failed commit fails the task; Celery's post-run hooks run only after the
-result is recorded, too late to change it. Forked worker processes start with
-an engine of their own and leave their parent's pooled connections alone.
+The broker carries only which job to run: one task, ``service.jobs.deliver``,
+with a job's id and the number of its delivery. The worker claims that delivery
+in the outbox, runs the job's async body as a unit of work on the worker
+process's own event loop, with the process's own engine, and acknowledges it in
+that same unit, inside the task's call (Celery's post-run hooks would be too
+late to change anything). The jobs themselves are found through the registry
+(``service.jobs``), filled by ``service.modules``. Forked worker processes start
+with an engine of their own and leave their parent's pooled connections alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from datetime import timedelta
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,9 +25,9 @@ from service import jobs, modules
 from service.config import Settings
 from service.db import make_engine
 
-__all__ = ["UnitOfWorkTask", "celery_app", "celery_for"]
+__all__ = ["celery_app", "celery_for", "deliver"]
 
-modules.load()  # registers every job (service/modules.py) before the tasks are made
+modules.load()  # every job (service/modules.py), run by name from the registry
 
 
 class _Process:
@@ -32,6 +35,8 @@ class _Process:
 
     loop: asyncio.AbstractEventLoop | None = None
     engine: AsyncEngine | None = None
+    inherited: list[object] = []
+    """A forked child's copies of its parent's loop and engine, kept but never used."""
 
     @classmethod
     def runtime(cls) -> tuple[asyncio.AbstractEventLoop, AsyncEngine]:
@@ -45,10 +50,16 @@ class _Process:
 
 @worker_process_init.connect
 def _forget_the_parents_connections(**_: Any) -> None:
-    # A forked child shares its parent's sockets: closing them here would cut the
-    # parent's connections, using them would interleave two processes' traffic.
-    if _Process.engine is not None:
-        _Process.engine.sync_engine.dispose(close=False)
+    # A forked child shares its parent's sockets, and its parent's epoll instance
+    # too (the loop's selector). Using the inherited connections would interleave
+    # two processes' traffic; letting them be garbage collected is no better: a
+    # collected asyncpg connection aborts its transport, which unregisters the
+    # socket from that shared epoll instance, and the parent then never hears
+    # from its own connection again. So the child keeps its copies of the parent's
+    # loop and engine alive, untouched, for as long as it lives (a worker process
+    # ends with os._exit, which finalizes nothing), and makes its own.
+    if _Process.loop is not None or _Process.engine is not None:
+        _Process.inherited.append((_Process.loop, _Process.engine))
     _Process.engine = None
     _Process.loop = None
 
@@ -61,38 +72,32 @@ def _dispose(**_: Any) -> None:
     _Process.engine = _Process.loop = None
 
 
-class UnitOfWorkTask(Task[Any, Any]):
-    """A task whose async body runs as one unit of work, committed before the task returns.
+def deliver(job_id: int, attempt: int) -> str | None:
+    """Delivery number ``attempt`` of job ``job_id``: claimed in the outbox, run as a unit of
+    work with its acknowledgement, on this process's own loop and engine.
 
-    An exception rolls the body back and fails the task; so does a failed commit.
-    Serialization failures and deadlocks re-run the body, and a registered job's
-    ``on_failure`` then records the failure in a unit of work of its own. The
-    session is always removed.
+    Returns the outcome (``done``, ``retry``, ``dead``, ``lost``), or ``None`` for a message
+    whose delivery is no longer queued. The job's failures are recorded in the outbox, not
+    in Celery: the task fails only if the database cannot be reached to record anything,
+    and then the job's lease runs out and a sweeper delivers it again.
     """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        loop, engine = _Process.runtime()
-        if kwargs:
-            raise TypeError("jobs take positional arguments only")
-        job = jobs.registry.get(self.name) or jobs.Job(self.name, self.run)
-        return loop.run_until_complete(jobs.execute(job, args, bind=engine))
+    loop, engine = _Process.runtime()
+    lease = timedelta(seconds=Settings().jobs_lease)
+    return loop.run_until_complete(jobs.run_delivered(job_id, attempt, bind=engine, lease=lease))
 
 
 @functools.cache
 def celery_for(broker_url: str, queue: str) -> Celery:
-    """A Celery app on ``broker_url`` whose tasks are the registered jobs."""
+    """A Celery app on ``broker_url`` with the one task that delivers the outbox's jobs."""
     celery = Celery("service", broker=broker_url, set_as_current=False)
     celery.conf.update(
         task_default_queue=queue,
-        task_ignore_result=True,  # the outcome is in the database (a statement's status)
-        task_acks_late=True,  # a job lost with its worker is delivered again
-        task_reject_on_worker_lost=True,
+        task_ignore_result=True,  # the outcome is in the outbox and in the job's own rows
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    for job in jobs.registry.values():
-        celery.task(name=job.name, base=UnitOfWorkTask)(job.body)
+    celery.task(name=jobs.DELIVER_TASK)(deliver)
     return celery
 
 

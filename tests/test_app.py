@@ -104,7 +104,8 @@ async def test_the_engine_exists_only_while_serving() -> None:
 
 
 async def test_the_engine_is_disposed_when_serving_stops(service_database_url: str) -> None:
-    app = create_app({"DATABASE_URL": service_database_url})
+    # Eager jobs: no dispatcher whose sweeper would check connections in and out meanwhile.
+    app = create_app({"DATABASE_URL": service_database_url, "JOBS_BACKEND": "eager"})
     async with app.test_app():
         async with app.app_context():
             engine = db.engine

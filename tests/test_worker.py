@@ -20,24 +20,18 @@ import pytest
 import redis
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import worker
 from service.app import create_app
-from service.db import unit_of_work
-from service.jobs import job
+from service.db import session, unit_of_work
+from service.jobs import DELIVER_TASK, JobRow, enqueue, job
 from service.ledger.models import Statement
+from service.ledger.statements import request_statement
 from service.testing.factories import AccountFactory, UserFactory
 from tests.db.models import Part
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@job()
-async def add_an_orphan_part() -> None:
-    """Its foreign key is checked at COMMIT: a job whose commit fails."""
-    await Part(widget_id=2_000_000_000).save()
 
 
 @dataclass(frozen=True)
@@ -139,22 +133,38 @@ async def test_a_real_worker_computes_a_statement_end_to_end(
 def eager(
     broker: Broker, service_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    """A Celery app of the worker's making that runs tasks in the caller (``task_always_eager``)."""
+    """A Celery app of the worker's making that runs tasks in the caller (``task_always_eager``).
+
+    Jobs enqueued in the test body go to the broker (``CELERY_BROKER_URL``), as from a
+    ``service`` command; the test then delivers their message with this app.
+    """
     monkeypatch.setenv("DATABASE_URL", service_database_url)
+    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)
+    monkeypatch.setenv("CELERY_QUEUE", broker.queue)
     celery = worker.celery_for.__wrapped__(broker.url, broker.queue)
     celery.conf.task_always_eager = True
     yield celery
     worker._dispose()  # this process's loop and engine, as a worker process's shutdown does
+    redis.Redis.from_url(REDIS_URL).delete(broker.queue)  # the messages nobody consumed
 
 
-async def _pending_statement() -> int:
+async def _requested_statement() -> tuple[int, int]:
+    """A statement requested as the API does; its id and its job's."""
     async with unit_of_work():
         user = await UserFactory.create_async()
         account = await AccountFactory.create_async(user_id=user.id)
-        statement = await Statement.create(
-            user_id=user.id, account_id=account.id, period_start=_day(), period_end=_day()
-        )
-    return statement.id
+        statement = await request_statement(user.id, account.id, _day(), _day())
+    async with unit_of_work():
+        rows = await session.execute(select(JobRow.id, JobRow.args))
+        job_id = next(id for id, args in rows if args == [statement.id])
+    assert job_id is not None
+    return statement.id, job_id
+
+
+@job(attempts=1)
+async def add_an_orphan_part() -> None:
+    """Its foreign key is checked at COMMIT: a job whose commit fails."""
+    await Part(widget_id=2_000_000_000).save()
 
 
 def _day() -> Any:
@@ -168,24 +178,34 @@ async def _status(engine: AsyncEngine, statement_id: int) -> str | None:
         return await connection.scalar(select(Statement.status).filter_by(id=statement_id))
 
 
+async def _job(engine: AsyncEngine, job_id: int) -> Any:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(JobRow).filter_by(id=job_id))).first()
+
+
 @pytest.mark.service_committing
-async def test_an_eager_task_commits_inside_the_task(
+async def test_a_task_claims_runs_and_acknowledges_its_job_in_one_commit(
     eager: Any, service_engine: AsyncEngine
 ) -> None:
-    statement_id = await _pending_statement()
-    task = eager.tasks["service.ledger.statements.compute_statement"]
+    statement_id, job_id = await _requested_statement()
+    queued = await _job(service_engine, job_id)
+    assert (queued.state, queued.attempts) == ("queued", 1)  # reserved for the message sent
+    task = eager.tasks[DELIVER_TASK]
 
-    result = await asyncio.to_thread(task.apply, args=[statement_id])
+    result = await asyncio.to_thread(task.apply, args=[job_id, 1])
+    again = await asyncio.to_thread(task.apply, args=[job_id, 1])  # the broker delivers twice
 
     assert result.successful(), result.traceback
+    assert (result.result, again.result) == ("done", None)
     assert await _status(service_engine, statement_id) == "ready"
+    assert await _job(service_engine, job_id) is None  # acknowledged with the statement's figures
 
 
 @pytest.mark.service_committing
-async def test_a_task_whose_body_fails_fails_and_records_the_failure_apart(
+async def test_a_task_whose_body_fails_records_the_failed_attempt_in_the_outbox(
     eager: Any, service_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statement_id = await _pending_statement()
+    statement_id, job_id = await _requested_statement()
     write = Statement.update
 
     async def write_then_fail(self: Statement, **values: Any) -> Statement:
@@ -195,28 +215,38 @@ async def test_a_task_whose_body_fails_fails_and_records_the_failure_apart(
         return self
 
     monkeypatch.setattr(Statement, "update", write_then_fail)
-    task = eager.tasks["service.ledger.statements.compute_statement"]
+    task = eager.tasks[DELIVER_TASK]
 
-    result = await asyncio.to_thread(task.apply, args=[statement_id])
+    result = await asyncio.to_thread(task.apply, args=[job_id, 1])
 
-    assert result.failed()
-    assert await _status(service_engine, statement_id) == "failed"
+    assert result.result == "retry"
+    assert await _status(service_engine, statement_id) == "pending"  # the body's writes undone
+    row = await _job(service_engine, job_id)
+    assert (row.state, row.attempts) == ("scheduled", 1)
+    assert "RuntimeError: died after writing" in row.last_error
 
 
 @pytest.mark.service_committing
-async def test_a_failed_commit_fails_the_task(eager: Any, service_engine: AsyncEngine) -> None:
-    task = eager.tasks[f"{__name__}.add_an_orphan_part"]
+async def test_a_failed_commit_is_a_failed_attempt(eager: Any, service_engine: AsyncEngine) -> None:
+    async with unit_of_work():
+        enqueue(add_an_orphan_part)
+    async with service_engine.connect() as connection:
+        job_id = await connection.scalar(
+            select(JobRow.id).filter_by(name=f"{__name__}.add_an_orphan_part")
+        )
+    assert job_id is not None
 
-    result = await asyncio.to_thread(task.apply)
+    result = await asyncio.to_thread(eager.tasks[DELIVER_TASK].apply, args=[job_id, 1])
 
-    assert result.failed()
-    assert isinstance(result.result, IntegrityError)
+    assert result.result == "dead"  # its only attempt
+    row = await _job(service_engine, job_id)
+    assert row.state == "dead" and "IntegrityError" in row.last_error
     async with service_engine.connect() as connection:
         assert (await connection.scalars(select(Part.id))).all() == []
 
 
 FORK = """
-import os, sys
+import gc, os, sys
 from celery.signals import worker_process_init
 from sqlalchemy import text
 from service.worker import _Process
@@ -231,6 +261,7 @@ before = loop.run_until_complete(backend_pid(engine))  # the pool keeps this con
 child = os.fork()
 if child == 0:
     worker_process_init.send(sender=None)  # what Celery sends in a new worker process
+    gc.collect()  # whatever the child let go of is finalized now, not at some later moment
     child_loop, child_engine = _Process.runtime()
     assert child_engine is not engine
     mine = child_loop.run_until_complete(backend_pid(child_engine))
@@ -249,7 +280,8 @@ async def test_a_forked_worker_process_leaves_its_parents_connections_alone(
         sys.executable,
         "-c",
         FORK,
-        env={**os.environ, "DATABASE_URL": service_database_url},
+        # A parent whose connection was cut off waits for an answer: not for 30 s.
+        env={**os.environ, "DATABASE_URL": service_database_url, "DATABASE_COMMAND_TIMEOUT": "5"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

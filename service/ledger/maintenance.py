@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy import delete
 
@@ -14,11 +15,12 @@ from service.ledger.models import IdempotencyKey, utcnow
 logger = logging.getLogger(__name__)
 
 
-@job()
+@job(every=timedelta(hours=1))
 async def prune_idempotency_keys() -> None:
     """Delete the idempotency keys older than 24 hours, which are treated as absent anyway.
 
-    Meant to run periodically (hourly); idempotent, and one indexed DELETE.
+    Hourly, at most one instance pending across every process and host (a periodic
+    job of ``service.jobs``); idempotent, and one indexed DELETE.
     """
     result = await session.execute(
         delete(IdempotencyKey).where(IdempotencyKey.created_at <= utcnow() - KEY_LIFETIME)

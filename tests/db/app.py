@@ -141,6 +141,8 @@ async def no_database() -> ResponseReturnValue:
 
 
 def make_test_app(config: Mapping[str, Any]) -> Quart:
-    app = create_app(config)
+    # Jobs run eagerly, as in the plugin's app, unless a test asks for a real dispatcher:
+    # one would sweep the suite's database while a test's transaction holds it.
+    app = create_app({"JOBS_BACKEND": "eager", **config})
     app.register_blueprint(routes)
     return app

@@ -143,7 +143,7 @@ async def test_a_streaming_route_opts_out_and_may_use_the_database_as_the_body_a
 
     async with client.request("/streamed", method="POST") as connection:
         await connection.send(b"first")
-        for _ in range(50):
+        for _ in range(500):  # up to 10 s: a first connection to a busy server takes a while
             if checkouts:
                 break
             await asyncio.sleep(0.02)
