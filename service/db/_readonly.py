@@ -21,7 +21,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from service.db._session import READONLY, UnitOfWorkError, _Session
 
-__all__ = ["readonly_bind", "refuse_writes"]
+__all__ = ["autocommits", "readonly_bind", "refuse_writes"]
 
 
 _REFUSED = (
@@ -38,6 +38,7 @@ _MODIFYING_CTE = re.compile(r"\s*WITH\b.*\b(INSERT|UPDATE|DELETE|MERGE)\b", re.I
 _LOCKING = re.compile(r"\bFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b", re.I)
 
 _autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+_made: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
 
 
 def readonly_bind(
@@ -50,7 +51,13 @@ def readonly_bind(
     if found is None:
         # Shares the engine's pool; asyncpg switches to autocommit without a round trip.
         found = _autocommit[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
+        _made.add(found)
     return found
+
+
+def autocommits(bind: object) -> bool:
+    """Whether ``bind`` is an engine of ``readonly_bind``'s: statements without a transaction."""
+    return isinstance(bind, AsyncEngine) and bind in _made
 
 
 @event.listens_for(_Session, "before_flush")

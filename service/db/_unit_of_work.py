@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
 from service.db._engine import default_engine
-from service.db._readonly import readonly_bind
+from service.db._readonly import autocommits, readonly_bind
 from service.db._session import (
     Bind,
     UnitOfWorkError,
@@ -146,6 +146,12 @@ class UnitOfWork:
             self._leave()
             return
         try:
+            if self.readonly and autocommits(self.bind) and not _callbacks.count(current):
+                # Its statements ran in autocommit: there is no COMMIT to send, and with no
+                # transaction on the wire closing sends nothing either, so it cannot be cut
+                # off half-way and needs no shielded task.
+                await _quietly(current.close())
+                return
             try:
                 if commit and (current.new or current.dirty or current.deleted):
                     # Flush in the owning task, where flush listeners may use
