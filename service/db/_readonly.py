@@ -38,7 +38,6 @@ _MODIFYING_CTE = re.compile(r"\s*WITH\b.*\b(INSERT|UPDATE|DELETE|MERGE)\b", re.I
 _LOCKING = re.compile(r"\bFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b", re.I)
 
 _autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
-_made: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
 
 
 def readonly_bind(
@@ -51,13 +50,16 @@ def readonly_bind(
     if found is None:
         # Shares the engine's pool; asyncpg switches to autocommit without a round trip.
         found = _autocommit[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
-        _made.add(found)
     return found
 
 
 def autocommits(bind: object) -> bool:
-    """Whether ``bind`` is an engine of ``readonly_bind``'s: statements without a transaction."""
-    return isinstance(bind, AsyncEngine) and bind in _made
+    """Whether ``bind`` is a PostgreSQL engine in autocommit, as ``readonly_bind``'s are."""
+    return (
+        isinstance(bind, AsyncEngine)
+        and bind.dialect.name == "postgresql"
+        and bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    )
 
 
 @event.listens_for(_Session, "before_flush")

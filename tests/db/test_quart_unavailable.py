@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from typing import Any
 
 import asyncpg
 import pytest
 from quart import Quart
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from service.db import Database
+from service.db import _sqlite as sqlite_layer
 from service.errors import register_error_handlers
 from tests.db.app import Probe, make_test_app, routes
 from tests.db.conftest import ReadNames, Serve
@@ -125,3 +128,28 @@ async def test_another_database_error_is_still_a_500(
 
     assert response.status_code == 500
     assert _error(await response.get_json())["code"] == "internal_server_error"
+
+
+@pytest.mark.service_committing  # another process's lock on the real file
+async def test_the_write_lock_not_obtained_in_time_is_a_503_and_writes_nothing(
+    service_database_url: str,
+    serve: Serve,
+    stored_names: ReadNames,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The one SQLite OperationalError that is an outage: another process holds the write
+    # lock past the busy timeout (shortened here from 30 s).
+    if not service_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock (PostgreSQL has row locks instead)")
+    monkeypatch.setattr(sqlite_layer, "BUSY_TIMEOUT", 0.3)
+    client = await serve(make_test_app({"DATABASE_URL": service_database_url}))
+    other_process = sqlite3.connect(make_url(service_database_url).database or "")
+    other_process.execute("BEGIN IMMEDIATE")
+    try:
+        response = await client.post("/widgets", json={"name": "never"})
+    finally:
+        other_process.rollback()
+        other_process.close()
+
+    assert response.status_code == 503
+    assert await stored_names() == []

@@ -8,13 +8,10 @@ every other error is a 500: never a 503 that would have clients retry a bug.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 import pytest
-from sqlalchemy import make_url
 
 from service.db import UnitOfWorkError
-from service.db import _sqlite as sqlite_layer
 from tests.newcomer.conftest import Serve, StoredAuthors
 
 
@@ -83,31 +80,6 @@ async def test_a_bug_in_sql_is_a_500_never_a_503(
 
     assert response.status_code == 500
     assert "no_such_table" in caplog.text  # the real error is logged
-
-
-@pytest.mark.service_committing  # another process's lock on the real file
-async def test_the_write_lock_not_obtained_in_time_is_a_503_and_writes_nothing(
-    newcomer: Serve,
-    stored_authors: StoredAuthors,
-    service_database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The one SQLite OperationalError that is an outage: another process holds the write
-    # lock past the busy timeout (shortened here from 30 s).
-    if not service_database_url.startswith("sqlite"):
-        pytest.skip("SQLite's write lock (PostgreSQL has row locks instead)")
-    monkeypatch.setattr(sqlite_layer, "BUSY_TIMEOUT", 0.3)
-    client = await newcomer()
-    other_process = sqlite3.connect(make_url(service_database_url).database or "")
-    other_process.execute("BEGIN IMMEDIATE")
-    try:
-        response = await client.post("/authors", json={"name": "Ursula"})
-    finally:
-        other_process.rollback()
-        other_process.close()
-
-    assert response.status_code == 503
-    assert await stored_authors() == []
 
 
 async def test_an_unhandled_exception_is_a_500(newcomer: Serve) -> None:
