@@ -135,6 +135,7 @@ def test_the_layer_exports_a_small_public_surface() -> None:
         "Model",
         "NotLoadedError",
         "Query",
+        "RolledBackError",
         "UTCDateTime",
         "UnitOfWorkError",
         "make_engine",

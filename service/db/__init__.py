@@ -8,7 +8,7 @@ from service.db._loading import NotLoadedError
 from service.db._model import Model
 from service.db._quart import Database, streaming_body
 from service.db._query import Query
-from service.db._session import UnitOfWorkError, session
+from service.db._session import RolledBackError, UnitOfWorkError, session
 from service.db._types import UTCDateTime
 from service.db._unit_of_work import on_commit, unit_of_work
 
@@ -17,6 +17,7 @@ __all__ = [
     "Model",
     "NotLoadedError",
     "Query",
+    "RolledBackError",
     "UTCDateTime",
     "UnitOfWorkError",
     "make_engine",

@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from service.db import _server as server
 from service.db import _sqlite as sqlite
 
-__all__ = ["CONFIG_OPTIONS", "default_engine", "engine_options", "make_engine"]
+__all__ = [
+    "CONFIG_OPTIONS",
+    "default_engine",
+    "engine_for_loop",
+    "engine_options",
+    "make_engine",
+]
 
 CONFIG_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "DATABASE_CONNECT_TIMEOUT": ("connect_timeout", float),
@@ -82,31 +88,38 @@ def make_engine(
     return engine
 
 
-# A script's engine, made from DATABASE_URL by its first unit of work, one per event loop.
-_defaults: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncIterator[None]]
+# Engines made for units of work outside serving (scripts, CLI commands), one per event loop
+# and URL, each disposed when its loop shuts down.
+_per_loop: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[AsyncEngine, AsyncIterator[None]]]
 ] = weakref.WeakKeyDictionary()
 
 
-async def default_engine() -> AsyncEngine | None:
-    """The running loop's engine on ``DATABASE_URL`` (made now if need be), or ``None`` if unset.
+async def engine_for_loop(url: str | URL, **options: Any) -> AsyncEngine:
+    """The running loop's engine on ``url``, made now if need be, disposed at the loop's end.
 
     It is disposed when the loop shuts down (``asyncio.run`` finalizes the loop's
     async generators before closing it), while its connections can still be
     closed properly.
     """
-    loop = asyncio.get_running_loop()
-    made = _defaults.get(loop)
-    if made is not None:
-        return made[0]
+    made = _per_loop.setdefault(asyncio.get_running_loop(), {})
+    key = str(url)
+    found = made.get(key)
+    if found is not None:
+        return found[0]
+    engine = make_engine(url, **options)
+    lifetime = _disposed_at_shutdown(engine)
+    await anext(lifetime)  # registered with the loop's async-generator hooks from here on
+    made[key] = (engine, lifetime)
+    return engine
+
+
+async def default_engine() -> AsyncEngine | None:
+    """The running loop's engine on ``DATABASE_URL`` (made now if need be), or ``None`` if unset."""
     url = os.environ.get("DATABASE_URL")
     if not url:
         return None
-    engine = make_engine(url, **engine_options(os.environ))
-    lifetime = _disposed_at_shutdown(engine)
-    await anext(lifetime)  # registered with the loop's async-generator hooks from here on
-    _defaults[loop] = (engine, lifetime)
-    return engine
+    return await engine_for_loop(url, **engine_options(os.environ))
 
 
 async def _disposed_at_shutdown(engine: AsyncEngine) -> AsyncIterator[None]:

@@ -71,12 +71,18 @@ class Model(AsyncAttrs, DeclarativeBase):
     async def save(self) -> Self:
         """Add to the session and flush, so a database error surfaces here.
 
-        If the flush fails the session is rolled back, so that it stays usable,
-        and the error re-raised. The rollback undoes all of the unit of work so
-        far and expires the objects it loaded: load again what you still need.
+        A failure inside a savepoint (``async with unit_of_work():`` in a unit of
+        work) undoes that savepoint only, when its block ends. Outside any, it
+        rolls back the whole unit of work so far: the session stays usable, but
+        if it had written, the unit can no longer commit (``RolledBackError``).
         """
         session.add(self)
-        await _flush()
+        try:
+            await session.flush()
+        except Exception:
+            if self in session.new:  # refused before the flush began: not left to autoflush
+                session.expunge(self)
+            raise
         return self
 
     async def update(self, **fields: Any) -> Self:
@@ -90,9 +96,9 @@ class Model(AsyncAttrs, DeclarativeBase):
         return await self.save()
 
     async def delete(self) -> None:
-        """Delete and flush; if the flush fails the session is rolled back, as by ``save()``."""
+        """Delete and flush; a failure is contained as by ``save()``."""
         await session.delete(self)
-        await _flush()
+        await session.flush()
 
     async def load(self, *relationships: QueryableAttribute[Any] | str) -> Self:
         """Load these relationships of this object now: ``await book.load(Book.author)``.
@@ -116,13 +122,3 @@ class Model(AsyncAttrs, DeclarativeBase):
 
 def _is_method(value: object) -> bool:
     return pyinspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
-
-
-async def _flush() -> None:
-    try:
-        await session.flush()
-    except Exception:
-        # Any failed flush leaves the session needing a rollback before its next
-        # use; do it now, so the handler can still answer and use the database.
-        await session.rollback()
-        raise

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from quart import Quart, Request, current_app, request
-from quart.signals import got_request_exception, request_started
+from quart.signals import appcontext_pushed, got_request_exception, request_started
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import (
     Conflict,
     HTTPException,
@@ -23,17 +24,20 @@ from werkzeug.exceptions import (
 
 from service.db._engine import engine_options, make_engine
 from service.db._outage import OUTAGE_ERRORS, is_outage
-from service.db._session import current_unit_of_work, session
+from service.db._quart_context import EXTENSION, detach_background_task, install
+from service.db._session import RolledBackError, current_unit_of_work, session
 from service.db._unit_of_work import UnitOfWork
 
 __all__ = ["Database", "streaming_body"]
 
-_EXTENSION = "service.db"
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a response for a failed commit must not inherit from the one it replaces.
 _REPLACED_HEADERS = frozenset({"content-type", "content-length", "location", "etag"})
 _STREAMING = "__service_db_streaming_body__"
 _HTTP1 = frozenset({"1.0", "1.1"})
+# A row changed or gone under an update (a version_id_col mismatch) is a conflict like a
+# unique violation: the client may read again and retry.
+_CONFLICTS = (IntegrityError, StaleDataError)
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +88,16 @@ class Database:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
-        if _EXTENSION in app.extensions:
+        if EXTENSION in app.extensions:
             raise RuntimeError("A Database is already registered on this app; call init_app once.")
         state = _AppState(options=dict(self.engine_options))
-        app.extensions[_EXTENSION] = state
+        app.extensions[EXTENSION] = state
+        install()
         hooks = _RequestHooks(state)
-        app.before_serving(hooks.start)
-        app.after_serving(hooks.stop)
+        # First, whenever the app's other hooks were registered: they may use the database.
+        app.before_serving_funcs.insert(0, hooks.start)
+        app.after_serving(hooks.stop)  # moved last when serving starts (``start``)
+        appcontext_pushed.connect(detach_background_task, sender=app, weak=False)
         # The unit of work begins when the request starts, before every before_request
         # hook and URL value preprocessor, whatever order they were registered in.
         request_started.connect(hooks.begin_request, sender=app, weak=False)
@@ -104,7 +111,8 @@ class Database:
         # hierarchy, so one registered for Exception would also receive every HTTP error.
         for error_class in OUTAGE_ERRORS:
             app.register_error_handler(error_class, _unavailable)
-        app.register_error_handler(IntegrityError, _conflict)
+        for conflict in _CONFLICTS:
+            app.register_error_handler(conflict, _conflict)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -125,7 +133,11 @@ class _RequestHooks:
         self.state = state
 
     async def start(self) -> None:
-        config = current_app.config
+        app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
+        # Every hook is registered by now: the engine is disposed after all the others ran.
+        app.after_serving_funcs.remove(self.stop)
+        app.after_serving_funcs.append(self.stop)
+        config = app.config
         options = {**engine_options(config), **self.state.options}
         engine = make_engine(config["DATABASE_URL"], **options)
         self.state.engine = engine
@@ -162,6 +174,19 @@ class _RequestHooks:
             return response
         try:
             await unit.end(commit=response.status_code < 400)
+        except RolledBackError as error:
+            logger.error(
+                "The handler of %s %s caught a %s after which the unit of work's earlier writes "
+                "were rolled back, then answered %d: answering with an error instead, nothing "
+                "was saved. Wrap the attempt in `async with unit_of_work():` (a savepoint) and "
+                "catch the error around it.",
+                request.method,
+                request.path,
+                type(error.cause).__name__,
+                response.status_code,
+                exc_info=error.cause,
+            )
+            return await _error_response(error.cause, response)
         except Exception as error:
             # Raising here would make Quart run every after_request function
             # again; answer the client with the failure instead.
@@ -220,7 +245,7 @@ def _announces_body(request: Request) -> bool:
 
 def _state(app: Quart) -> _AppState:
     try:
-        state: _AppState = app.extensions[_EXTENSION]
+        state: _AppState = app.extensions[EXTENSION]
     except KeyError:
         raise RuntimeError("This app has no Database. Did you forget to call 'init_app'?") from None
     return state
@@ -242,7 +267,7 @@ async def _error_response(error: Exception, replaced: ResponseTypes) -> Response
     the body or the resource of the response it replaces.
     """
     http_error: HTTPException
-    if isinstance(error, IntegrityError):
+    if isinstance(error, _CONFLICTS):
         http_error = _conflict_error()
     elif is_outage(error):
         http_error = ServiceUnavailable(
@@ -272,7 +297,10 @@ async def _unavailable(error: Exception) -> ResponseTypes:
     )
 
 
-async def _conflict(error: IntegrityError) -> ResponseTypes:
-    """A constraint violation the handler did not catch: 409, as the same violation at COMMIT."""
-    logger.info("a constraint was violated; answering 409: %s", error.orig)
+async def _conflict(error: Exception) -> ResponseTypes:
+    """A conflict the handler did not catch: 409, as the same conflict at COMMIT.
+
+    A constraint violated, or a row that changed or vanished under an update.
+    """
+    logger.info("a conflict with stored data; answering 409: %s", error)
     return await _render(_conflict_error())

@@ -12,14 +12,15 @@ sent.
 
 from __future__ import annotations
 
-import re
 import weakref
+from typing import Any
 
 from sqlalchemy import Select, TextClause, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from service.db._session import READONLY, UnitOfWorkError, _Session
+from service.db._statements import writes
 
 __all__ = ["autocommits", "readonly_bind", "refuse_writes"]
 
@@ -31,12 +32,6 @@ _REFUSED = (
     "the response. Write in a POST, PUT, PATCH or DELETE request, or in a unit of work that "
     "is not read-only."
 )
-_READING = re.compile(
-    r"\s*(SELECT|WITH|VALUES|TABLE|SHOW|EXPLAIN|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE
-)
-_MODIFYING_CTE = re.compile(r"\s*WITH\b.*\b(INSERT|UPDATE|DELETE|MERGE)\b", re.I | re.S)
-_LOCKING = re.compile(r"\bFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b", re.I)
-
 _autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
@@ -62,6 +57,23 @@ def autocommits(bind: object) -> bool:
     )
 
 
+STREAMED = "service.db.streamed"
+"""``session.info``: a read-only unit in autocommit began a transaction to stream rows."""
+
+
+def _transaction_for_cursor(session: Session) -> None:
+    connection = session.connection()
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        return
+    adapter: Any = connection.connection.dbapi_connection
+    if getattr(adapter, "isolation_level", None) == "autocommit":
+        # SQLAlchemy's asyncpg adapter begins a transaction before its next statement
+        # unless it is in autocommit; its reset on return to the pool ends it (ROLLBACK)
+        # and restores the level. Reads in it see what they would in autocommit.
+        adapter.isolation_level = "read_committed"
+        session.info[STREAMED] = True
+
+
 @event.listens_for(_Session, "before_flush")
 def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     if session.info.get(READONLY) and (session.new or session.dirty or session.deleted):
@@ -69,17 +81,20 @@ def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: ob
 
 
 def refuse_writes(state: ORMExecuteState) -> None:
-    """Part of the layer's one ``do_orm_execute`` listener (``_loading``): read-only units."""
+    """Part of the layer's one ``do_orm_execute`` listener (``_loading``): read-only units.
+
+    They may stream (``session.stream()``, ``yield_per``): on PostgreSQL a server-side
+    cursor needs a transaction, so a unit in autocommit begins one for it.
+    """
     if not state.session.info.get(READONLY):
         return
+    options = state.execution_options
+    if options.get("stream_results") or options.get("yield_per"):
+        _transaction_for_cursor(state.session)
     statement = state.statement
     if state.is_insert or state.is_update or state.is_delete:
         raise UnitOfWorkError(_REFUSED.format(what="insert, update or delete rows"))
     if isinstance(statement, Select) and statement._for_update_arg is not None:
         raise UnitOfWorkError(_REFUSED.format(what="lock rows (`with_for_update()`)"))
-    if isinstance(statement, TextClause) and _writes(statement.text):
+    if isinstance(statement, TextClause) and writes(statement.text):
         raise UnitOfWorkError(_REFUSED.format(what="write or lock rows"))
-
-
-def _writes(sql: str) -> bool:
-    return not _READING.match(sql) or bool(_MODIFYING_CTE.match(sql) or _LOCKING.search(sql))

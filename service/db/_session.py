@@ -10,13 +10,15 @@ fresh session that nobody commits or removes, and its writes would vanish.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import event
+from sqlalchemy import TextClause, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -24,13 +26,16 @@ from sqlalchemy.ext.asyncio import (
     async_scoped_session,
     async_sessionmaker,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 from sqlalchemy.util import await_
+
+from service.db._statements import writes
 
 if TYPE_CHECKING:
     from service.db._unit_of_work import UnitOfWork
 
 __all__ = [
+    "RolledBackError",
     "UnitOfWorkError",
     "current_unit_of_work",
     "has_configured_bind",
@@ -40,9 +45,30 @@ __all__ = [
 
 Bind = AsyncEngine | AsyncConnection
 
+logger = logging.getLogger(__name__)
+
 
 class UnitOfWorkError(RuntimeError):
     """The database was used where no unit of work owns the session."""
+
+
+class RolledBackError(UnitOfWorkError):
+    """A unit of work could not end with success: a failure had rolled back its earlier writes.
+
+    A statement or flush failed outside any savepoint, which rolls back the whole
+    transaction, and the code caught the error and went on. Committing then would
+    report as saved the writes that were made before the failure and are gone, so
+    nothing is committed and this is raised instead. ``cause`` is the failure.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        self.cause = cause
+        super().__init__(
+            f"A {type(cause).__name__} rolled back this unit of work's earlier writes, and the "
+            "code caught it and went on; nothing was committed. To contain a failure that the "
+            "code handles, make the attempt in a savepoint: `async with unit_of_work(): ...` "
+            "inside the unit of work, with the `try` around that block."
+        )
 
 
 # The unit of work active in this context. Context variables are copied into
@@ -57,10 +83,50 @@ READONLY = "service.db.readonly"
 _joined: _JoinedConnection | None = None
 
 _OUTSIDE = (
-    "The database session was used outside a unit of work. Handlers served by `Database` "
-    "get one per HTTP request; anywhere else (scripts, jobs, tests) wrap the code in "
-    "`async with unit_of_work(): ...` or decorate the coroutine with `@unit_of_work()`."
+    "The database session was used outside a unit of work. HTTP request handlers served by "
+    "`Database` get one per request. Anywhere else (a websocket handler: one per message; a "
+    "streamed response's body; a background task; a before_serving hook; a CLI command; a "
+    "script, a job, a test) wrap the code in `async with unit_of_work(): ...` or decorate the "
+    "coroutine with `@unit_of_work()`."
 )
+
+
+class Context(Protocol):
+    """Where an integration (the Quart binding) tells the layer about the code running now."""
+
+    async def bind(self) -> Bind | None:
+        """The engine a unit of work begun here uses by default (the current app's), if any."""
+
+    def describe(self) -> str | None:
+        """What is running here (a websocket handler, say), for the error outside a unit."""
+
+
+_contexts: list[Context] = []
+
+
+def add_context(context: Context) -> None:
+    """Let ``context`` choose default engines and explain errors (once per context)."""
+    if context not in _contexts:
+        _contexts.append(context)
+
+
+async def context_bind() -> Bind | None:
+    """The bind the integrations choose for a unit of work begun here, if any."""
+    for context in _contexts:
+        bind = await context.bind()
+        if bind is not None:
+            return bind
+    return None
+
+
+def _outside() -> str:
+    for context in _contexts:
+        described = context.describe()
+        if described is not None:
+            return f"{_OUTSIDE} Here: {described}"
+    return _OUTSIDE
+
+
 _NO_DATABASE = (
     "This unit of work has no database: set the DATABASE_URL environment variable (a script "
     "or job then uses an engine made from it), run it in a serving app, or pass "
@@ -93,19 +159,124 @@ def current_unit_of_work() -> UnitOfWork | None:
 def _scope() -> object:
     unit = _current.get()
     if unit is None:
-        raise UnitOfWorkError(_OUTSIDE)
-    task = asyncio.current_task()
-    if unit.task is not task:
+        raise UnitOfWorkError(_outside())
+    if unit.task is not asyncio.current_task():
         raise UnitOfWorkError(_CHILD_TASK)
-    return task
+    return unit  # a unit of work on another database, nested in the task's, has its own
+
+
+_WROTE = "service.db.wrote_in"
+"""``session.info``: the root transaction in which the session last wrote."""
+_LOST = "service.db.lost"
+"""``session.info``: the failure that rolled back writes of the unit of work, if any."""
+_FAILED = "service.db.failed"
+"""``session.info``: ``[(savepoint, error)]``, failures inside savepoints not yet ended."""
+_HANDLED = "service.db.handled"
 
 
 class _Session(Session):
     """The sync session behind every ``AsyncSession`` of the registry.
 
-    A subclass of its own so that the on-commit bookkeeping listens to this
-    layer's sessions only, never to sessions other code makes.
+    A subclass of its own so that the layer's bookkeeping (on-commit callbacks,
+    failures) listens to this layer's sessions only, never to sessions other
+    code makes. A statement or flush that fails is contained here, the same way
+    on every database: inside a savepoint it leaves that savepoint to be rolled
+    back when its block ends; outside any, it rolls back the whole transaction,
+    and if that undid earlier writes the unit of work can no longer commit.
     """
+
+    def flush(self, objects: Any = None) -> None:
+        try:
+            super().flush(objects)
+        except Exception as error:
+            # SQLAlchemy has rolled back the innermost savepoint, or the transaction,
+            # unless the flush failed before it began (a before_flush listener).
+            innermost = self.get_nested_transaction() or self.get_transaction()
+            if innermost is not None and not innermost.is_active:
+                _failed(self, error)
+            raise
+
+    # The three public ways into Session._execute_internal (get() goes through execute).
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = super().execute(*args, **kwargs)
+        except DBAPIError as error:
+            _failed(self, error)
+            raise
+        _note_write(self, args[0] if args else kwargs.get("statement"))
+        return result
+
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().scalars(*args, **kwargs)
+        except DBAPIError as error:
+            _failed(self, error)
+            raise
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().scalar(*args, **kwargs)
+        except DBAPIError as error:
+            _failed(self, error)
+            raise
+
+
+def _note_write(session: Session, statement: object) -> None:
+    if getattr(statement, "is_dml", False) or (
+        isinstance(statement, TextClause) and writes(statement.text)
+    ):
+        session.info[_WROTE] = session.get_transaction()
+
+
+@event.listens_for(_Session, "after_flush")
+def _flushed(session: Session, flush_context: UOWTransaction) -> None:
+    session.info[_WROTE] = session.get_transaction()
+
+
+def _failed(session: Session, error: Exception) -> None:
+    """Contain a failed statement or flush: see ``_Session``. Once per error."""
+    if session.info.get(_HANDLED) is error:
+        return  # an autoflush's failure, seen by flush() and again by execute()
+    session.info[_HANDLED] = error
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:
+        # Its block rolls it back when it ends; on PostgreSQL nothing more runs in it before.
+        session.info.setdefault(_FAILED, []).append((savepoint, error))
+        return
+    root = session.get_transaction()
+    wrote = root is not None and session.info.get(_WROTE) is root
+    try:
+        # The same on every database: PostgreSQL has aborted the transaction, SQLite only the
+        # statement, and a failed flush has already rolled it back.
+        session.rollback()
+    except Exception:
+        logger.warning("rolling back after a failed statement failed", exc_info=True)
+    if wrote and _LOST not in session.info:
+        session.info[_LOST] = error
+
+
+def lost_writes(session: AsyncSession) -> Exception | None:
+    """The failure that rolled back writes of ``session``'s unit of work, or ``None``."""
+    lost: Exception | None = session.info.get(_LOST)
+    return lost
+
+
+def failure_in(session: AsyncSession, savepoint: SessionTransaction) -> BaseException | None:
+    """Forget, and return, the first failure inside ``savepoint`` (or a savepoint within it)."""
+    failures: list[tuple[SessionTransaction, BaseException]] = session.info.get(_FAILED, [])
+    found = [item for item in failures if _within(item[0], savepoint)]
+    if not found:
+        return None
+    failures[:] = [item for item in failures if item not in found]
+    return found[0][1]
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 class _SessionMaker(async_sessionmaker[AsyncSession]):
@@ -118,7 +289,7 @@ class _SessionMaker(async_sessionmaker[AsyncSession]):
 
     def __call__(self, **local_kw: Any) -> AsyncSession:
         unit = _current.get()
-        if _joined is not None:
+        if _joined is not None and (unit is None or _joined.serves(unit.bind)):
             local_kw.setdefault("bind", _joined.connection)
             local_kw.setdefault("join_transaction_mode", "create_savepoint")
         elif unit is not None and unit.bind is not None:
@@ -143,6 +314,24 @@ Full SQLAlchemy is available through it: ``await session.execute(select(...))``.
 """
 
 
+def same_database(one: Bind, other: Bind) -> bool:
+    """Whether two binds reach the same database (engines of the same URL, say)."""
+    return _engine_of(one).url == _engine_of(other).url
+
+
+def _engine_of(bind: Bind) -> AsyncEngine:
+    return bind if isinstance(bind, AsyncEngine) else bind.engine
+
+
+def default_bind() -> Bind | None:
+    """The bind units of work use without one of their own: the joined test connection, or
+    the one the session factory is configured with (the first serving app's engine)."""
+    if _joined is not None:
+        return _joined.connection
+    bind: Bind | None = session.session_factory.kw.get("bind")
+    return bind
+
+
 def has_configured_bind() -> bool:
     """Whether sessions have a bind without a unit's own: a serving app's, or a test's."""
     return _joined is not None or session.session_factory.kw.get("bind") is not None
@@ -163,6 +352,10 @@ class _JoinedConnection:
         self.connection = connection
         self.lock = asyncio.Lock()
         self.sqlite = connection.dialect.name == "sqlite"
+
+    def serves(self, bind: Bind | None) -> bool:
+        """Whether a unit bound to ``bind`` joins: it is on the test's database, or unbound."""
+        return bind is None or same_database(bind, self.connection)
 
     def take_turn(self, conn: Connection, name: object) -> None:
         # The "savepoint" event, in the greenlet of the session's first use of the connection.

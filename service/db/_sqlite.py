@@ -143,6 +143,10 @@ class GatedConnection(aiosqlite.Connection):
         )
         return outcome
 
+    async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` in the connection's thread (a cursor's further rows)."""
+        return await self._execute(function, *args)  # type: ignore[no-untyped-call]
+
     async def commit(self) -> None:
         try:
             if self._begin is not None:
@@ -181,22 +185,37 @@ class _Begin:
     """For BEGIN IMMEDIATE: when to give up waiting for other processes' writers."""
 
 
-_Outcome = tuple[Any, list[Any], int, int | None]
-"""A statement's description, rows, rowcount and lastrowid."""
+_Outcome = tuple[Any, list[Any], int, int | None, sqlite3.Cursor | None]
+"""A statement's description, first rows, rowcount, lastrowid, and its cursor if rows remain."""
+
+_BATCH = 1000
+"""Rows fetched with the statement; a cursor with more keeps them for later hops."""
 
 
 class _Cursor:
     """The async cursor SQLAlchemy's aiosqlite adapter drives, over ``run_statement``.
 
-    The rows come with the statement, so fetching and closing cost no hop; a
-    server-side cursor's rows are buffered the same way.
+    Up to ``_BATCH`` rows come with the statement, so fetching and closing a
+    typical result cost no hop. A larger result keeps its sqlite3 cursor open and
+    fetches the rest as asked: all at once for a buffered result, a batch at a
+    time for a server-side one (``session.stream()``, ``yield_per``), so that
+    streaming a large table holds a batch in memory, not the table.
     """
 
-    __slots__ = ("_connection", "_rows", "arraysize", "description", "lastrowid", "rowcount")
+    __slots__ = (
+        "_connection",
+        "_pending",
+        "_rows",
+        "arraysize",
+        "description",
+        "lastrowid",
+        "rowcount",
+    )
 
     def __init__(self, connection: GatedConnection) -> None:
         self._connection = connection
         self._rows: deque[Any] = deque()
+        self._pending: sqlite3.Cursor | None = None
         self.description: Any = None
         self.rowcount = -1
         self.lastrowid: int | None = None
@@ -215,29 +234,47 @@ class _Cursor:
         return self._done(await self._connection.run_statement(sql, parameters, many=True))
 
     def _done(self, outcome: _Outcome) -> _Cursor:
-        self.description, rows, self.rowcount, self.lastrowid = outcome
+        self.description, rows, self.rowcount, self.lastrowid, self._pending = outcome
         self._rows = deque(rows)
         return self
 
+    async def _more(self, size: int | None) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        rows: list[Any] = await self._connection.in_thread(_fetch, pending, size)
+        if size is None or len(rows) < size:
+            self._pending = None  # exhausted, and closed in the thread
+        self._rows.extend(rows)
+
     async def fetchone(self) -> Any:
+        if not self._rows:
+            await self._more(_BATCH)
         return self._rows.popleft() if self._rows else None
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        count = min(size or self.arraysize, len(self._rows))
+        size = size or self.arraysize
+        if len(self._rows) < size:
+            await self._more(max(size - len(self._rows), _BATCH))
+        count = min(size, len(self._rows))
         return [self._rows.popleft() for _ in range(count)]
 
     async def fetchall(self) -> list[Any]:
+        await self._more(None)
         rows, self._rows = list(self._rows), deque()
         return rows
 
     async def close(self) -> None:
         self._rows.clear()
+        pending, self._pending = self._pending, None
+        if pending is not None and self._connection._connection is not None:
+            await self._connection.in_thread(pending.close)
 
 
 def _statement(
     connection: sqlite3.Connection, begin: _Begin | None, sql: str, parameters: Any, many: bool
 ) -> _Outcome:
-    """In the connection's thread: the pending BEGIN, the statement, and all its rows."""
+    """In the connection's thread: the pending BEGIN, the statement, and its first rows."""
     if begin is not None:
         if begin.deadline:
             _begin_immediate(connection, max(begin.deadline - time.monotonic(), 0.0))
@@ -250,10 +287,23 @@ def _statement(
         else:
             cursor.execute(sql, parameters)
         description = cursor.description
-        rows = cursor.fetchall() if description else []
-        return description, rows, cursor.rowcount, cursor.lastrowid
-    finally:
+        rows = cursor.fetchmany(_BATCH) if description else []
+        if len(rows) == _BATCH:
+            kept = cursor  # more may follow: fetched as asked, closed when done
+            return description, rows, cursor.rowcount, cursor.lastrowid, kept
         cursor.close()
+        return description, rows, cursor.rowcount, cursor.lastrowid, None
+    except BaseException:
+        cursor.close()
+        raise
+
+
+def _fetch(cursor: sqlite3.Cursor, size: int | None) -> list[Any]:
+    """In the connection's thread: ``size`` more rows (all if ``None``), closing when done."""
+    rows = cursor.fetchall() if size is None else cursor.fetchmany(size)
+    if size is None or len(rows) < size:
+        cursor.close()
+    return rows
 
 
 def _begin_immediate(connection: sqlite3.Connection, timeout: float) -> None:

@@ -21,13 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks
 from service.db._engine import default_engine
-from service.db._readonly import autocommits, readonly_bind
+from service.db._readonly import STREAMED, autocommits, readonly_bind
 from service.db._session import (
     Bind,
+    RolledBackError,
     UnitOfWorkError,
     _current,
+    context_bind,
     current_unit_of_work,
+    default_bind,
+    failure_in,
     has_configured_bind,
+    lost_writes,
+    same_database,
     session,
 )
 
@@ -77,7 +83,9 @@ class UnitOfWork:
 
     __slots__ = (
         "_children_turn",
+        "_done",
         "_ended",
+        "_left",
         "_token",
         "bind",
         "parent",
@@ -105,6 +113,8 @@ class UnitOfWork:
         self._children_turn: asyncio.Lock | None = None
         self._token: Token[UnitOfWork | None] | None = None
         self._ended = False
+        self._left = False
+        self._done: asyncio.Event | None = None
 
     def ancestors(self) -> Iterator[UnitOfWork]:
         """The parent's unit of work, its parent's, and so on."""
@@ -119,10 +129,21 @@ class UnitOfWork:
             self._children_turn = asyncio.Lock()
         return self._children_turn
 
-    def begin(self) -> None:
-        """Make this the current task's unit of work. No connection is opened yet."""
+    async def wait_ended(self) -> None:
+        """Wait until this unit of work has ended (committed or rolled back, and closed)."""
+        if self._left:
+            return
+        if self._done is None:
+            self._done = asyncio.Event()
+        await self._done.wait()
+
+    def begin(self, *, nested: bool = False) -> None:
+        """Make this the current task's unit of work. No connection is opened yet.
+
+        ``nested``: inside the task's unit of work, as one on another database.
+        """
         current = _current.get()
-        if current is not None and current.task is self.task:
+        if current is not None and current.task is self.task and not nested:
             raise UnitOfWorkError(
                 "This task already has a unit of work. Nest with `async with unit_of_work()` "
                 "(a savepoint) instead of beginning a second one."
@@ -145,8 +166,16 @@ class UnitOfWork:
         if current is None:  # the database was never used: nothing to end but the scope
             self._leave()
             return
+        lost = lost_writes(current) if commit else None
+        if lost is not None:
+            commit = False
         try:
-            if self.readonly and autocommits(self.bind) and not _callbacks.count(current):
+            if (
+                self.readonly
+                and autocommits(self.bind)
+                and not _callbacks.count(current)
+                and not current.info.get(STREAMED)
+            ):
                 # Its statements ran in autocommit: there is no COMMIT to send, and with no
                 # transaction on the wire closing sends nothing either, so it cannot be cut
                 # off half-way and needs no shielded task.
@@ -162,9 +191,11 @@ class UnitOfWork:
                 raise
             finally:
                 await run_to_completion(_settle(current, commit=commit))
+            if lost is not None:
+                raise RolledBackError(lost) from lost
         finally:
-            if session.registry.registry.get(self.task) is current:
-                del session.registry.registry[self.task]
+            if session.registry.registry.get(self) is current:
+                del session.registry.registry[self]
             if self.turn is not None:
                 self.turn.release()
                 self.turn = None
@@ -175,10 +206,14 @@ class UnitOfWork:
 
     def _leave(self) -> None:
         if self._token is not None:
+            token, self._token = self._token, None
             try:
-                _current.reset(self._token)
+                _current.reset(token)
             except ValueError:
                 pass  # ended from another context; the owner's goes with its task
+        self._left = True
+        if self._done is not None:
+            self._done.set()
 
 
 async def _settle(current: AsyncSession, *, commit: bool) -> None:
@@ -280,6 +315,12 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
                 "be: decorate the coroutine with `@unit_of_work(retries=...)` instead."
             )
         current = current_unit_of_work()
+        if current is not None and self.bind is not None and not self._same_database(current):
+            # A unit of work of its own on that database, committed when its block ends.
+            unit = UnitOfWork(readonly=self.readonly, bind=self.bind)
+            unit.begin(nested=True)
+            self._unit = unit
+            return
         if current is not None and current.readonly:
             # Nothing can be written, so there is nothing for a savepoint to undo (and on
             # PostgreSQL no transaction to hold one): only the callbacks are kept apart.
@@ -288,9 +329,12 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
         if current is not None:
             self._savepoint = await session().begin_nested()
             return
-        bind = self.bind
+        # An explicit bind; else the current app's engine (a websocket, a background task, a
+        # CLI command); else the first serving app's (or the test's connection); else a
+        # script's, from DATABASE_URL if it is set.
+        bind = self.bind or await context_bind()
         if bind is None and not has_configured_bind():
-            bind = await default_engine()  # a script's: from DATABASE_URL, if it is set
+            bind = await default_engine()
         unit = UnitOfWork(readonly=self.readonly, bind=bind)
         unit.begin()
         self._unit = unit
@@ -309,12 +353,7 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
                 _callbacks.drop_after(session(), before)
             return
         if savepoint is not None:
-            if not savepoint.is_active:
-                return  # already rolled back, with the whole session, by a failed save()
-            if exc_type is None:
-                await savepoint.commit()
-            else:
-                await savepoint.rollback()
+            await _end_savepoint(savepoint, failed=exc_type is not None)
             return
         assert unit is not None
         if asyncio.current_task() is not unit.task:
@@ -325,6 +364,43 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
                 "in the same task."
             )
         await unit.end(commit=exc_type is None)
+
+    def _same_database(self, current: UnitOfWork) -> bool:
+        assert self.bind is not None
+        theirs = current.bind or default_bind()
+        return theirs is None or same_database(self.bind, theirs)
+
+
+async def _end_savepoint(savepoint: AsyncSessionTransaction, *, failed: bool) -> None:
+    """Release the savepoint, or roll it back: on an exception, or a failure inside it.
+
+    A failure the block caught and went on from still rolls the savepoint back, and
+    is raised: the block's writes are gone, and must not pass for saved.
+    """
+    current = session()
+    transaction = savepoint.sync_transaction
+    inside = None if transaction is None else failure_in(current, transaction)
+    if not failed and inside is None:
+        await savepoint.commit()
+        return
+    if _open(current, savepoint):
+        await savepoint.rollback()
+    if not failed and inside is not None:
+        raise UnitOfWorkError(
+            f"A {type(inside).__name__} failed inside this savepoint (`async with "
+            "unit_of_work():`), and the block caught it and went on: its writes were rolled "
+            "back. Let the error leave the block, and catch it around the `async with`."
+        ) from inside
+
+
+def _open(current: AsyncSession, savepoint: AsyncSessionTransaction) -> bool:
+    """Whether ``savepoint`` is still among the session's transactions (not yet ended)."""
+    transaction = current.sync_session.get_nested_transaction()
+    while transaction is not None:
+        if transaction is savepoint.sync_transaction:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 def is_retryable(error: DBAPIError) -> bool:

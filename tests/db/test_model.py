@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Model, Query, unit_of_work
+from service.db import Model, Query, RolledBackError, unit_of_work
 from tests.db.conftest import ReadNames
 from tests.db.models import Widget
 
@@ -30,12 +30,40 @@ async def test_a_database_error_surfaces_at_save_and_the_session_stays_usable(
     async with unit_of_work():
         await Widget.create(name="taken")
     async with unit_of_work():
-        await Widget.create(name="rolled-back-with-the-session")
         with pytest.raises(IntegrityError):
-            await Widget(name="taken").save()
+            await Widget(name="taken").save()  # the unit's first write: nothing is lost
         assert await Widget.query.count() == 1
         await Widget.create(name="after")
     assert await stored_names() == ["after", "taken"]
+
+
+async def test_a_caught_error_that_rolled_back_earlier_writes_cannot_commit(
+    stored_names: ReadNames,
+) -> None:
+    async with unit_of_work():
+        await Widget.create(name="taken")
+    with pytest.raises(RolledBackError) as raised:
+        async with unit_of_work():
+            await Widget.create(name="rolled-back-with-the-session")
+            with pytest.raises(IntegrityError):
+                await Widget(name="taken").save()
+            assert await Widget.query.count() == 1  # still usable: the earlier write is gone
+            await Widget.create(name="after")
+    assert isinstance(raised.value.cause, IntegrityError)
+    assert await stored_names() == ["taken"]
+
+
+async def test_a_savepoint_contains_a_failed_save(stored_names: ReadNames) -> None:
+    async with unit_of_work():
+        await Widget.create(name="taken")
+    async with unit_of_work():
+        await Widget.create(name="before")
+        with pytest.raises(IntegrityError):
+            async with unit_of_work():
+                await Widget.create(name="inside")
+                await Widget(name="taken").save()
+        await Widget.create(name="after")
+    assert await stored_names() == ["after", "before", "taken"]
 
 
 async def test_attributes_stay_readable_after_the_commit() -> None:

@@ -91,7 +91,7 @@ async def test_a_nested_unit_of_work_is_a_savepoint(stored_names: ReadNames) -> 
     assert await stored_names() == ["inner-kept", "outer"]
 
 
-async def test_a_failed_save_in_a_savepoint_rolls_back_the_session(
+async def test_a_failed_save_in_a_savepoint_rolls_back_that_savepoint_only(
     stored_names: ReadNames,
 ) -> None:
     async with unit_of_work():
@@ -101,9 +101,9 @@ async def test_a_failed_save_in_a_savepoint_rolls_back_the_session(
         with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
             async with unit_of_work():
                 await Widget.create(name="taken")
-        # The session was rolled back as a whole, and is usable again.
+        # The savepoint contained its failure: the earlier write stays, the session is usable.
         await Widget.create(name="after")
-    assert await stored_names() == ["after", "taken"]
+    assert await stored_names() == ["after", "before", "taken"]
 
 
 async def test_a_unit_of_work_object_is_not_reentrant() -> None:
