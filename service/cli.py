@@ -7,20 +7,20 @@ that failed wrote nothing. Serialization failures and deadlocks re-run it.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import modules
 from service.config import Settings
-from service.db import make_engine, unit_of_work
+from service.db import make_engine
+from service.db.cli import in_unit_of_work as _in_unit_of_work
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,68 +30,20 @@ READ_TIMEOUT = 15
 """Hypercorn's: longer than the app's BODY_TIMEOUT, so that a slow body gets its 408 first."""
 KEEP_ALIVE_TIMEOUT = 5
 
-Runner = Callable[[Coroutine[Any, Any, Any]], Any]
-_runner: Runner = asyncio.run
 
-
-@contextmanager
-def running_coroutines_with(runner: Runner) -> Iterator[None]:
-    """Run the commands' coroutines with ``runner`` instead of ``asyncio.run`` (tests).
-
-    The test plugin runs them on the test's own event loop, so that a command
-    invoked in-process joins the test's transaction.
-    """
-    global _runner
-    previous, _runner = _runner, runner
+@asynccontextmanager
+async def _engine() -> AsyncIterator[AsyncEngine]:
+    settings = Settings()
+    engine = make_engine(settings.database_url, **settings.engine_options())
     try:
-        yield
+        yield engine
     finally:
-        _runner = previous
+        await engine.dispose()
 
 
 def in_unit_of_work(command: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     """Make an async command body a click callback that runs as one unit of work."""
-
-    @functools.wraps(command)
-    def callback(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return _runner(_run_unit(command, *args, **kwargs))  # type: ignore[no-any-return]
-        except _Exiting as exiting:
-            raise exiting.exit from None
-
-    return callback
-
-
-class _Exiting(Exception):
-    """Carries an exit out of the event loop, which lets no ``SystemExit`` out cleanly."""
-
-    def __init__(self, exit: click.exceptions.Exit | SystemExit) -> None:
-        super().__init__(exit)
-        self.exit = exit
-
-
-async def _run_unit(command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    settings = Settings()
-    engine = make_engine(settings.database_url, **settings.engine_options())
-    successful_exit: list[click.exceptions.Exit | SystemExit] = []
-
-    async def body() -> T | None:
-        try:
-            return await command(*args, **kwargs)
-        except (click.exceptions.Exit, SystemExit) as exit:
-            code = exit.exit_code if isinstance(exit, click.exceptions.Exit) else exit.code
-            if code not in (0, None):
-                raise _Exiting(exit) from None  # a failure: roll back
-            successful_exit.append(exit)
-            return None
-
-    try:
-        result = await unit_of_work(bind=engine, retries=3)(body)()
-    finally:
-        await engine.dispose()
-    if successful_exit:
-        raise _Exiting(successful_exit[0])  # committed; now exit as asked
-    return result  # type: ignore[return-value]
+    return _in_unit_of_work(command, setting=_engine)
 
 
 @click.group()

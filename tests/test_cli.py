@@ -23,10 +23,11 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service.cli import in_unit_of_work, running_coroutines_with
+from service.cli import in_unit_of_work
+from service.db.testing import running_coroutines_with
+from service.ledger.factories import AccountFactory, UserFactory
 from service.ledger.models import Account, Entry, User
 from service.testing import Cli
-from service.testing.factories import AccountFactory, UserFactory
 from tests.db.models import Widget
 
 ROOT = Path(__file__).resolve().parent.parent

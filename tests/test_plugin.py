@@ -26,7 +26,7 @@ from sqlalchemy import func, select, text
 
 from service.db import on_commit, session, unit_of_work
 from service.ledger.models import User
-from service.testing.factories import AccountFactory, UserFactory
+from service.ledger.factories import AccountFactory, UserFactory
 
 
 async def count_users(connection):

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.roundtrips import RoundTrips, count_round_trips
 from service.db._server import PING_AFTER
-from service.testing.factories import UserFactory
+from service.ledger.factories import UserFactory
 
 pytestmark = pytest.mark.service_committing
 

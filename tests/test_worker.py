@@ -26,9 +26,9 @@ from service import worker
 from service.app import create_app
 from service.db import session, unit_of_work
 from service.jobs import DELIVER_TASK, JobRow, enqueue, job
+from service.ledger.factories import AccountFactory, UserFactory
 from service.ledger.models import Statement
 from service.ledger.statements import request_statement
-from service.testing.factories import AccountFactory, UserFactory
 from tests.db.models import Part
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

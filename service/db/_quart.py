@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import click
 from quart import Quart, Request, current_app, request
+from quart.cli import ScriptInfo
 from quart.signals import appcontext_pushed, got_request_exception, request_started
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +25,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
 )
 
+from service.db._cli import in_unit_of_work
 from service.db._engine import engine_options, make_engine
 from service.db._outage import OUTAGE_ERRORS, is_outage
 from service.db._quart_context import EXTENSION, detach_background_task, install
@@ -84,14 +88,40 @@ class Database:
 
     def __init__(self, app: Quart | None = None, **engine_options: Any) -> None:
         self.engine_options = engine_options
+        self._apps: list[Quart] = []
+        self._commands: list[click.Command] = []
         if app is not None:
             self.init_app(app)
+
+    def command(
+        self, name: str | None = None, **attrs: Any
+    ) -> Callable[[Callable[..., Awaitable[Any]]], click.Command]:
+        """Add an async command to the app's CLI; each run is one unit of work.
+
+        ``@db.command("seed")`` over an ``async def`` (with ``@click.option`` and
+        ``@click.argument`` below it, as usual). It runs in the app's context, on
+        its ``DATABASE_URL``, and commits when it succeeds (exit status 0); an
+        exception or a non-zero exit rolls back.
+        """
+
+        def decorator(body: Callable[..., Awaitable[Any]]) -> click.Command:
+            make: Callable[[Callable[..., Any]], click.Command] = click.command(name, **attrs)
+            command = make(in_unit_of_work(body, setting=_app_context))
+            self._commands.append(command)
+            for app in self._apps:
+                app.cli.add_command(command)
+            return command
+
+        return decorator
 
     def init_app(self, app: Quart) -> None:
         if EXTENSION in app.extensions:
             raise RuntimeError("A Database is already registered on this app; call init_app once.")
         state = _AppState(options=dict(self.engine_options))
         app.extensions[EXTENSION] = state
+        self._apps.append(app)
+        for command in self._commands:
+            app.cli.add_command(command)
         install()
         hooks = _RequestHooks(state)
         # First, whenever the app's other hooks were registered: they may use the database.
@@ -205,6 +235,14 @@ class _RequestHooks:
         unit = current_unit_of_work()
         if unit is not None:
             await unit.end(commit=False)
+
+
+@asynccontextmanager
+async def _app_context() -> AsyncIterator[None]:
+    """A command's setting: the app the CLI loaded, its context, its engine (by default)."""
+    app = click.get_current_context().ensure_object(ScriptInfo).load_app()
+    async with app.app_context():
+        yield None
 
 
 def _streams_body(app: Quart, request: Request) -> bool:

@@ -7,22 +7,29 @@
   and an assertion that prints it when there is too much (N+1 queries).
 - ``capture_on_commit()``: the callbacks of units of work that commit inside a
   block, held for the test to inspect and run, or run as usual and recorded.
+- ``running_coroutines_with(runner)``: CLI commands (``service.db.cli``) run their
+  coroutines with ``runner``, such as one onto the test's event loop.
+- ``test_database(url)``: a database of the tests' own next to ``url``'s, made
+  empty and dropped at the end; nothing is done to ``url``'s own database.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.db import _callbacks
 from service.db._callbacks import CapturedCallbacks
+from service.db._cli import running_coroutines_with
 from service.db._session import join_sessions_to
 
 __all__ = [
@@ -34,6 +41,8 @@ __all__ = [
     "count_queries",
     "join_sessions_to",
     "rolled_back",
+    "running_coroutines_with",
+    "test_database",
 ]
 
 # Transaction control is not a query: a test's savepoints would count where
@@ -124,3 +133,38 @@ def capture_on_commit(*, execute: bool = False) -> Iterator[CapturedCallbacks]:
     captured = CapturedCallbacks(execute=execute)
     with _callbacks.capturing(captured):
         yield captured
+
+
+@asynccontextmanager
+async def test_database(url: str, *, prefix: str = "test_") -> AsyncIterator[str]:
+    """A database of the tests' own, empty, dropped at the end; yields its URL.
+
+    On a database server, ``<prefix><name>`` next to ``url``'s database (made
+    anew if a run that crashed left it behind), as pytest-django makes
+    ``test_<NAME>``; for SQLite, a file in a temporary directory. The database
+    ``url`` names is never touched: migrations and DDL run on the tests' own.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="service-db-test-") as directory:
+            path = Path(directory, f"{prefix}{Path(parsed.database or 'db').stem}.db")
+            yield parsed.set(database=str(path)).render_as_string(hide_password=False)
+        return
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"test databases are made on SQLite and PostgreSQL, not {parsed!r}")
+    name = f"{prefix}{parsed.database}"
+    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield parsed.set(database=name).render_as_string(hide_password=False)
+        finally:
+            async with admin.connect() as connection:
+                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+test_database.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest

@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.testing import _fixtures
 from service.testing._client import raise_propagated_errors
-from service.testing._fixtures import COMMITTING, CaptureOnCommit, Cli, Queries, TestDatabase
+from service.testing._support import COMMITTING, CaptureOnCommit, Cli, Queries, TestDatabase
 
 __all__ = ["CaptureOnCommit", "Cli", "Queries", "TestDatabase", "raise_propagated_errors"]
 
@@ -55,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "the alembic.ini whose migrations build the test schema, relative to the rootdir",
         default="alembic.ini",
     )
+    parser.addini(
+        "service_metadata",
+        "`module:attribute` of the MetaData whose create_all builds the test schema, for an "
+        "app without Alembic migrations (then service_alembic_config is not used)",
+        default="",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,4 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "service.testing: the test database connection lives on the session's event loop; "
             'set `asyncio_default_test_loop_scope = "session"` in the pytest configuration.'
         )
+    # Only now: the fixtures need pytest-asyncio, which a project that merely installs the
+    # service may not have.
+    from service.testing import _fixtures
+
     config.pluginmanager.register(_fixtures, "service.testing.fixtures")

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from alembic.config import Config
-from click.testing import CliRunner, Result
 from quart import Quart
 from quart.typing import TestClientProtocol
 from sqlalchemy import MetaData, Table
@@ -23,48 +20,37 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import sort_tables
 
 from alembic import command
-from service.cli import main, running_coroutines_with
 from service.db import make_engine
 from service.db.testing import (
-    CapturedCallbacks,
-    assert_max_queries,
     capture_on_commit,
-    count_queries,
     rolled_back,
+    test_database,
 )
 from service.testing._client import raise_propagated_errors
+from service.testing._support import COMMITTING, CaptureOnCommit, Cli, Queries, TestDatabase
 
 __all__ = ["CaptureOnCommit", "Cli", "Queries", "TestDatabase"]
 
-COMMITTING = "service_committing"
 
-CaptureOnCommit = Callable[..., AbstractContextManager[CapturedCallbacks]]
-"""The type of ``service_on_commit``: ``capture_on_commit(*, execute=False)``."""
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def service_database_url(pytestconfig: pytest.Config) -> AsyncIterator[str]:
+    """The URL of the tests' own database, made for the session and dropped after it.
 
-
-@dataclass(frozen=True)
-class TestDatabase:
-    """The session's database: its engine, and its tables in dependency order."""
-
-    __test__ = False  # not a test class, for pytest
-
-    url: str
-    engine: AsyncEngine
-    tables: Sequence[Table]
-
-
-@pytest.fixture(scope="session")
-def service_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``TEST_DATABASE_URL``, else a SQLite file of the session's own."""
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    Next to ``TEST_DATABASE_URL``'s database (``test_<name>`` on its server), or a
+    SQLite file in a temporary directory; ``TEST_DATABASE_URL``'s own database is
+    never touched.
+    """
+    base = os.environ.get("TEST_DATABASE_URL") or "sqlite+aiosqlite:///test.db"
+    try:
+        async with test_database(base) as url:
+            yield url
+    except (OSError, ConnectionError) as error:
+        _unreachable(base, error)
 
 
 @pytest.fixture(scope="session")
 def service_test_tables() -> Sequence[Table]:
-    """Tables of the tests' own, created after the migrations. Override it to add some."""
+    """Tables of the tests' own, created after the schema. Override it to add some."""
     return ()
 
 
@@ -72,23 +58,22 @@ def service_test_tables() -> Sequence[Table]:
 async def service_database(
     pytestconfig: pytest.Config, service_database_url: str, service_test_tables: Sequence[Table]
 ) -> AsyncIterator[TestDatabase]:
-    """The schema, built once for the session by the migrations, and dropped after it."""
+    """The schema, built once for the session in the tests' own database."""
     engine = make_engine(service_database_url)
     try:
-        await _drop_everything(engine)
-    except (OSError, ConnectionError) as error:
-        await engine.dispose()
-        _unreachable(service_database_url, error)
-    alembic_ini = Path(pytestconfig.rootpath, pytestconfig.getini("service_alembic_config"))
-    await asyncio.to_thread(_migrate, alembic_ini, service_database_url)
-    async with engine.begin() as connection:
-        for table in sort_tables(service_test_tables):
-            await connection.run_sync(table.create)
-        tables = await connection.run_sync(_reflect)
-    try:
+        metadata = pytestconfig.getini("service_metadata")
+        if metadata:
+            async with engine.begin() as connection:
+                await connection.run_sync(_load_metadata(metadata).create_all)
+        else:
+            alembic_ini = Path(pytestconfig.rootpath, pytestconfig.getini("service_alembic_config"))
+            await asyncio.to_thread(_migrate, alembic_ini, service_database_url)
+        async with engine.begin() as connection:
+            for table in sort_tables(service_test_tables):
+                await connection.run_sync(table.create)
+            tables = await connection.run_sync(_reflect)
         yield TestDatabase(service_database_url, engine, tables)
     finally:
-        await _drop_everything(engine)
         await engine.dispose()
 
 
@@ -137,49 +122,28 @@ async def service_connection(
         try:
             yield None
         finally:
+            await _background_tasks(service_app)
             async with service_database.engine.begin() as connection:
                 for table in reversed(service_database.tables):
                     await connection.execute(table.delete())
         return
     async with rolled_back(service_database.engine) as outer:
-        yield outer
+        try:
+            yield outer
+        finally:
+            await _background_tasks(service_app)
 
 
-class Cli:
-    """Invokes ``service`` commands in-process; their units of work join the test's transaction."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-
-    async def invoke(self, *args: str, input: str | None = None) -> Result:
-        """Run ``service *args``: exit code, output and exception as ``click.testing`` has them."""
-        loop = asyncio.get_running_loop()
-
-        def on_the_tests_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
-            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
-
-        with running_coroutines_with(on_the_tests_loop):
-            # click runs in a thread while this loop runs the command's coroutine.
-            return await asyncio.to_thread(
-                CliRunner().invoke,
-                main,
-                list(args),
-                input=input,
-                env={"DATABASE_URL": self.database_url},
-            )
+async def _background_tasks(app: Quart) -> None:
+    """Let the test's background tasks finish, as serving lets them before the test ends."""
+    while app.background_tasks:
+        await asyncio.gather(*app.background_tasks, return_exceptions=True)
 
 
 @pytest.fixture
 def service_cli(service_database: TestDatabase) -> Cli:
     """``await service_cli.invoke("users", "create", ...)``: the CLI, in-process."""
     return Cli(service_database.url)
-
-
-class Queries:
-    """``at_most(n)`` asserts a block's query count; ``count()`` only records."""
-
-    at_most = staticmethod(assert_max_queries)
-    count = staticmethod(count_queries)
 
 
 @pytest.fixture
@@ -193,16 +157,43 @@ def service_on_commit() -> CaptureOnCommit:
     return capture_on_commit
 
 
+_NO_SCHEMA = (
+    "service.testing: no schema for the test database. Set `service_metadata = "
+    "module:metadata` (the MetaData whose tables `create_all` makes, such as "
+    "`myapp.models:Model.metadata`) or point `service_alembic_config` at your alembic.ini "
+    "(looked for at {alembic_ini})."
+)
+
+
 def _migrate(alembic_ini: Path, url: str) -> None:
+    if not alembic_ini.is_file():
+        raise pytest.UsageError(_NO_SCHEMA.format(alembic_ini=alembic_ini))
+    # Whichever way the project's env.py reads its URL, it reads the test database's.
     config = Config(alembic_ini)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["database_url"] = url
     config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        command.upgrade(config, "head")
+    finally:
+        if previous is None:
+            del os.environ["DATABASE_URL"]
+        else:
+            os.environ["DATABASE_URL"] = previous
 
 
-async def _drop_everything(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(lambda sync: _reflected(sync).drop_all(sync))
+def _load_metadata(path: str) -> MetaData:
+    module, _, name = path.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, MetaData):
+        raise pytest.UsageError(
+            f"service_metadata: {path} is a {type(found).__name__}, not a MetaData"
+        )
+    return found
 
 
 def _reflected(connection: Any) -> MetaData:

@@ -1,32 +1,27 @@
 """Test data factories (polyfactory) that save through the active-record API.
 
-``await UserFactory.create_async(name="Ada")`` builds a user with plausible
+``class AuthorFactory(ActiveRecordFactory[Author]): ...``, then
+``await AuthorFactory.create_async(name="Ada")`` builds an author with plausible
 values for every other field and saves it with ``Model.save()``, inside the
 current unit of work (a savepoint) or, in a test body, a unit of work of its
 own; in the plugin's rolled-back tests that commit joins the test's transaction.
-Build without saving with ``UserFactory.build()``.
+Build without saving with ``AuthorFactory.build()``. It knows no model of its own.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any, Generic, TypeVar
 
-from polyfactory import PostGenerated, Use
 from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
 from polyfactory.persistence import AsyncPersistenceProtocol
 
 from service.db import Model, UTCDateTime, unit_of_work
-from service.ledger.auth import issue
-from service.ledger.models import Account, User, utcnow
 
-__all__ = ["AccountFactory", "ActiveRecordFactory", "ActiveRecordPersistence", "UserFactory"]
+__all__ = ["ActiveRecordFactory", "ActiveRecordPersistence"]
 
 M = TypeVar("M", bound=Model)
-
-_numbers = itertools.count(1)
 
 
 class ActiveRecordPersistence(AsyncPersistenceProtocol[Any]):
@@ -45,7 +40,7 @@ class ActiveRecordPersistence(AsyncPersistenceProtocol[Any]):
 
 
 class ActiveRecordFactory(SQLAlchemyFactory[M], Generic[M]):
-    """Base factory for the service's models; primary keys come from the database."""
+    """Base factory for ``Model`` subclasses; primary keys come from the database."""
 
     __is_base_factory__ = True
     __async_persistence__ = ActiveRecordPersistence
@@ -61,29 +56,3 @@ class ActiveRecordFactory(SQLAlchemyFactory[M], Generic[M]):
             **super().get_sqlalchemy_types(),
             UTCDateTime: lambda: cls.__faker__.date_time(tzinfo=UTC),
         }
-
-
-class UserFactory(ActiveRecordFactory[User]):
-    """A user; ``create_with_token()`` also returns the API token to call the API as them."""
-
-    name = Use(lambda: f"User {next(_numbers)}")
-    email = Use(lambda: f"user{next(_numbers)}@example.com")
-    email_key = PostGenerated(lambda _, values: values["email"].lower())
-    created_at = Use(utcnow)
-
-    @classmethod
-    async def create_with_token(cls, **kwargs: Any) -> tuple[User, str]:
-        """A saved user and the secret of an API token of theirs (saved too)."""
-        user = await cls.create_async(**kwargs)
-        async with unit_of_work():
-            _, secret = await issue(user.id, "factory")
-        return user, secret
-
-
-class AccountFactory(ActiveRecordFactory[Account]):
-    """An empty account; pass ``user_id``. Money moves through the API, so entries match."""
-
-    name = Use(lambda: f"Account {next(_numbers)}")
-    currency = "USD"
-    balance = 0
-    created_at = Use(utcnow)

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from quart.typing import TestClientProtocol as Client
 
+from service.ledger.factories import AccountFactory, UserFactory
 from service.testing import Queries
-from service.testing.factories import AccountFactory, UserFactory
 from tests.ledger.conftest import Api
 
 

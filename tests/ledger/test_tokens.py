@@ -200,7 +200,7 @@ async def test_authentication_is_one_query_and_last_used_at_is_written_at_most_o
 async def test_registration_and_the_cli_and_the_factory_still_give_a_working_token(
     api: Api, service_client: Client
 ) -> None:
-    from service.testing.factories import UserFactory
+    from service.ledger.factories import UserFactory
 
     user, secret = await UserFactory.create_with_token()
     assert secret.startswith("lgr_")
