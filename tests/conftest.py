@@ -12,6 +12,7 @@ import pytest
 from quart import Quart
 from sqlalchemy import Table
 
+from tests.bookclub.conftest import AUDIT_TABLE, CLUB_TABLES
 from tests.db.models import Part, Widget
 from tests.newcomer.models import Author, Book
 
@@ -21,7 +22,7 @@ pytest_plugins = ["pytester"]
 @pytest.fixture(scope="session")
 def service_test_tables() -> Sequence[Table]:
     tables = [Widget.__table__, Part.__table__, Author.__table__, Book.__table__]
-    return tables  # type: ignore[return-value]
+    return [*tables, *CLUB_TABLES, AUDIT_TABLE]  # type: ignore[list-item]
 
 
 @pytest.fixture

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import inspect as pyinspect
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 from sqlalchemy import MetaData
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
 
 from service.db._loading import relationship_names
 from service.db._query import Query
 from service.db._session import session
+from service.db._unit_of_work import unit_of_work
 
 __all__ = ["Model"]
 
@@ -33,7 +36,18 @@ class _QueryDescriptor:
 
 
 _RESERVED = frozenset(
-    {"awaitable_attrs", "create", "delete", "get", "load", "query", "save", "update"}
+    {
+        "awaitable_attrs",
+        "create",
+        "delete",
+        "get",
+        "get_or_create",
+        "load",
+        "query",
+        "save",
+        "update",
+        "update_or_create",
+    }
 )
 
 
@@ -113,6 +127,43 @@ class Model(AsyncAttrs, DeclarativeBase):
     async def create(cls, **fields: Any) -> Self:
         """``await User.create(name="Foo")``: construct, then save."""
         return await cls(**fields).save()
+
+    @classmethod
+    async def get_or_create(
+        cls, defaults: Mapping[str, Any] | None = None, **lookup: Any
+    ) -> tuple[Self, bool]:
+        """The row matching ``lookup``, or a new one of ``lookup`` and ``defaults``: (row, made).
+
+        Safe when another request makes the same row at once: the INSERT runs in a
+        savepoint, so its unique violation undoes that savepoint only, and the row
+        the other one made is returned. ``lookup`` must match a unique constraint.
+        """
+        found = await cls.query.filter_by(**lookup).first()
+        if found is not None:
+            return found, False
+        try:
+            async with unit_of_work():  # a savepoint: it contains its own failure
+                made = await cls(**lookup, **(defaults or {})).save()
+        except IntegrityError:
+            found = await cls.query.filter_by(**lookup).first()
+            if found is None:
+                raise  # another constraint than the lookup's
+            return found, False
+        return made, True
+
+    @classmethod
+    async def update_or_create(
+        cls, defaults: Mapping[str, Any] | None = None, **lookup: Any
+    ) -> tuple[Self, bool]:
+        """The row matching ``lookup`` locked and updated with ``defaults``, or made: (row, made)."""
+        found = await cls.query.filter_by(**lookup).with_for_update().first()
+        if found is None:
+            made, created = await cls.get_or_create(defaults, **lookup)
+            if created:
+                return made, True
+            found = await cls.query.filter_by(**lookup).with_for_update().first()
+            assert found is not None
+        return await found.update(**(defaults or {})), False
 
     @classmethod
     async def get(cls, pk: Any) -> Self | None:

@@ -11,9 +11,10 @@ carries the values along. A step whose clauses hold values of their own
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Integer, Select, bindparam, func, inspect, select
+from sqlalchemy import Integer, Select, bindparam, delete, func, inspect, select, update
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql._typing import (
     _ColumnExpressionArgument,
@@ -25,6 +26,7 @@ from sqlalchemy.sql.base import ExecutableOption
 from werkzeug.exceptions import NotFound
 
 from service.db._loading import eager, relationship_names
+from service.db._pages import KeysetPage, Page
 from service.db._session import session
 
 __all__ = ["Query"]
@@ -43,13 +45,15 @@ class Query(Generic[_M]):
     ``count()``, ``exists()`` and ``get()`` are awaited.
     """
 
-    __slots__ = ("_key", "_params", "_plain", "_statement", "model")
+    __slots__ = ("_key", "_params", "_plain", "_shape", "_statement", "model")
 
     def __init__(self, model: type[_M], statement: Select[Any] | None = None) -> None:
         self.model = model
         self._plain = statement is None
         self._key: tuple[Any, ...] | None = (model,) if statement is None else None
         self._params: dict[str, Any] = {}
+        self._shape: frozenset[str] = frozenset()
+        """What the steps so far did beyond filtering: "ordered", "limited", "joined"."""
         if statement is None:
             statement = _statements.get((model,))
             if statement is None:
@@ -64,11 +68,16 @@ class Query(Generic[_M]):
     # Building --------------------------------------------------------------------------------
 
     def _step(
-        self, step: tuple[Any, ...] | None, build: Any, values: dict[str, Any] | None = None
+        self,
+        step: tuple[Any, ...] | None,
+        build: Any,
+        values: dict[str, Any] | None = None,
+        shape: str | None = None,
     ) -> Query[_M]:
         """A new query of ``build(statement)``, cached under ``step`` while all is structure."""
         query: Query[_M] = Query.__new__(Query)
         query.model, query._plain = self.model, False
+        query._shape = self._shape | {shape} if shape else self._shape
         query._params = {**self._params, **values} if values else self._params
         key = None if self._key is None or step is None else (*self._key, step)
         statement = _statements.get(key) if key is not None else None
@@ -86,6 +95,10 @@ class Query(Generic[_M]):
     def where(self, *clauses: _ColumnExpressionArgument[bool]) -> Query[_M]:
         return self._step(None, lambda statement: statement.where(*clauses))
 
+    def filter(self, *clauses: _ColumnExpressionArgument[bool]) -> Query[_M]:
+        """``where()``, under the name Flask-SQLAlchemy's users know."""
+        return self.where(*clauses)
+
     def filter_by(self, **values: Any) -> Query[_M]:
         if any(value is None for value in values.values()):  # IS NULL, not = NULL: as written
             return self._step(None, lambda statement: statement.filter_by(**values))
@@ -101,7 +114,9 @@ class Query(Generic[_M]):
 
     def order_by(self, *clauses: _ColumnExpressionOrStrLabelArgument[Any]) -> Query[_M]:
         return self._step(
-            _structure("order_by", clauses), lambda statement: statement.order_by(*clauses)
+            _structure("order_by", clauses),
+            lambda statement: statement.order_by(*clauses),
+            shape="ordered",
         )
 
     def limit(self, limit: int) -> Query[_M]:
@@ -114,7 +129,10 @@ class Query(Generic[_M]):
         [name] = self._names(1)
         parameter = bindparam(name, type_=Integer)
         return self._step(
-            (what,), lambda statement: getattr(statement, what)(parameter), {name: value}
+            (what,),
+            lambda statement: getattr(statement, what)(parameter),
+            {name: value},
+            shape="limited",
         )
 
     def join(
@@ -125,18 +143,20 @@ class Query(Generic[_M]):
         It filters and orders by the joined rows; it does not load them (see ``load()``).
         """
         step = ("join", target) if onclause is None and _hashable(target) else None
-        return self._step(step, lambda statement: statement.join(target, onclause))
+        return self._step(step, lambda statement: statement.join(target, onclause), shape="joined")
 
     def outerjoin(
         self, target: _FromClauseArgument, onclause: _OnClauseArgument | None = None
     ) -> Query[_M]:
         """``LEFT OUTER JOIN``: rows without a match are kept."""
         step = ("outerjoin", target) if onclause is None and _hashable(target) else None
-        return self._step(step, lambda statement: statement.outerjoin(target, onclause))
+        return self._step(
+            step, lambda statement: statement.outerjoin(target, onclause), shape="joined"
+        )
 
     def distinct(self) -> Query[_M]:
         """Each row once (``SELECT DISTINCT``), as after a join to a collection."""
-        return self._step(("distinct",), lambda statement: statement.distinct())
+        return self._step(("distinct",), lambda statement: statement.distinct(), shape="joined")
 
     def options(self, *options: ExecutableOption) -> Query[_M]:
         """Loader options, such as ``selectinload(User.accounts)``."""
@@ -218,6 +238,80 @@ class Query(Generic[_M]):
         matching = self._step(("get",), build, dict(zip(names, values, strict=True)))
         found: _M | None = (await self._scalars(matching)).one_or_none()
         return found
+
+    async def paginate(self, page: int = 1, per_page: int = 20) -> Page[_M]:
+        """Page ``page`` (from 1) of ``per_page`` rows, with the total: two queries.
+
+        Rows come in the query's order, else by primary key, so that pages neither
+        skip nor repeat a row. For a large table prefer ``keyset()``, whose cost
+        does not grow with the page number.
+        """
+        if page < 1 or per_page < 1:
+            raise ValueError("page and per_page start at 1")
+        total = await self.count()
+        ordered = self if "ordered" in self._shape else self._by_primary_key()
+        items = await ordered.limit(per_page).offset((page - 1) * per_page).all()
+        return Page(items=items, total=total, page=page, per_page=per_page)
+
+    async def keyset(self, *, after: Any = None, limit: int = 50) -> KeysetPage[_M]:
+        """Up to ``limit`` rows whose primary key is above ``after``, in primary-key order.
+
+        One query whatever the page; rows added meanwhile are neither skipped nor
+        repeated. Needs a single-column primary key, and no order of the query's own.
+        """
+        if "ordered" in self._shape or "limited" in self._shape:
+            raise ValueError("keyset() orders by primary key and limits itself: leave both out")
+        keys = self._primary_key()
+        if len(keys) != 1:
+            raise ValueError(f"keyset() needs a single-column primary key; {self.model} has not")
+        key = keys[0]
+        query = self._by_primary_key()
+        if after is not None:
+            query = query.where(key > after)
+        rows = await query.limit(limit + 1).all()
+        more = len(rows) > limit
+        items = rows[:limit]
+        return KeysetPage(items=items, after=getattr(items[-1], key.key) if more else None)
+
+    async def stream(self, *, batch: int = 1000) -> AsyncIterator[_M]:
+        """The rows, a batch at a time: for more rows than memory should hold at once.
+
+        A server-side cursor on PostgreSQL (in a transaction even in a read-only
+        unit of work), batches of a cursor on SQLite. Consume it inside the unit of
+        work: ``async for book in Book.query.stream(): ...``.
+        """
+        statement = self.statement.execution_options(yield_per=batch)
+        result = await session.stream_scalars(statement)
+        try:
+            async for item in result:
+                yield item
+        finally:
+            await result.close()
+
+    async def update(self, **values: Any) -> int:
+        """``UPDATE`` every matching row at once; the count. Loaded objects are kept in step."""
+        statement = update(self.model).where(*self._criteria("update")).values(**values)
+        return int(getattr(await session.execute(statement), "rowcount", 0))
+
+    async def delete(self) -> int:
+        """``DELETE`` every matching row at once; the count. Loaded objects are kept in step."""
+        statement = delete(self.model).where(*self._criteria("delete"))
+        return int(getattr(await session.execute(statement), "rowcount", 0))
+
+    def _criteria(self, what: str) -> list[Any]:
+        if self._shape - {"ordered"}:
+            raise ValueError(
+                f"{what}() changes every row the query's filters match: it cannot honour a "
+                "limit, an offset, a join or DISTINCT. Filter with where()/filter_by() only."
+            )
+        where = self.statement.whereclause
+        return [] if where is None else [where]
+
+    def _primary_key(self) -> list[Any]:
+        return list(inspect(self.model).primary_key)
+
+    def _by_primary_key(self) -> Query[_M]:
+        return self.order_by(*self._primary_key())
 
     async def first_or_404(self, description: str | None = None) -> _M:
         """``first()``, or a 404 (``NotFound``) rendered by the app's error handlers."""

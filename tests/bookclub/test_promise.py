@@ -1,0 +1,198 @@
+"""The promise, on an outsider's app: one list of scenarios, run three ways, the same outcomes.
+
+Each scenario is a request; its outcome is the status, the body (when JSON), and
+what is stored afterwards, read through a connection that is not the app's:
+the members, the tags (background tasks and jobs write them) and the entries of
+the audit database. The three ways:
+
+- **plugin**: the app's units of work join a transaction rolled back after each
+  scenario (``rolled_back``, what the plugin's ``service_connection`` is);
+- **production**: the same app in-process with real commits;
+- **served**: the app in a Hypercorn process of its own, with real commits, its
+  jobs in its own dispatcher.
+
+Every way must give the expected outcome, so they also agree with each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.db.testing import rolled_back
+from service.testing import TestDatabase
+from tests.bookclub.conftest import AuditEntries, Serve
+from tests.bookclub.models import Loan, Member, Tag, Volume
+
+TAKEN = "taken"
+VOLUME = 7
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    status: int
+    members: list[str]
+    tags: list[str] = field(default_factory=list)
+    audit: list[str] = field(default_factory=list)
+    json: Any = None
+    """The expected JSON body, when it is one worth comparing."""
+
+
+SCENARIOS = [
+    Scenario("a savepoint contains its failure", "POST", "/claims/savepoint",
+             {"names": ["ann", "bob"], "duplicate": TAKEN}, 201, ["ann", "bob", TAKEN],
+             json={"stored": ["ann", "bob"]}),
+    Scenario("a caught failure outside a savepoint cannot end in 2xx", "POST", "/claims/caught",
+             {"names": ["ann", "bob"], "duplicate": TAKEN}, 409, [TAKEN]),
+    Scenario("SQLAlchemy's begin_nested contains it too", "POST", "/claims/begin-nested",
+             {"names": ["ann", "bob"], "duplicate": TAKEN}, 201, ["ann", "bob", TAKEN]),
+    Scenario("a failure caught inside its savepoint fails the request", "POST",
+             "/claims/caught-inside-savepoint", {"names": ["ann"], "duplicate": TAKEN}, 500,
+             [TAKEN]),
+    Scenario("get_or_create finds, and keeps the earlier write", "POST",
+             "/members/get-or-create", {"name": TAKEN, "also": "cid"}, 200, ["cid", TAKEN]),
+    Scenario("get_or_create makes", "POST", "/members/get-or-create", {"name": "dee"}, 201,
+             ["dee", TAKEN]),
+    Scenario("a GET streams rows with a server-side cursor", "GET", "/members/streamed-read",
+             None, 200, [TAKEN], json={"names": [TAKEN]}),
+    Scenario("a GET that writes is refused", "GET", "/members/write-in-get", None, 500, [TAKEN]),
+    Scenario("a row changed under an update is a conflict", "PATCH",
+             f"/volumes/{VOLUME}/changed-under", {}, 409, [TAKEN]),
+    Scenario("bind= another database is a unit of its own", "POST", "/audit", {"what": "eve"},
+             201, ["eve", TAKEN], audit=["eve"]),
+    Scenario("...committed when its block ends, whatever the request does", "POST", "/audit",
+             {"what": "fay", "fail": True}, 422, [TAKEN], audit=["fay"]),
+    Scenario("a background task sees what its request committed", "POST",
+             "/members/background", {"name": "gus"}, 201, ["gus", TAKEN], tags=["member:gus"]),
+    Scenario("...and runs after a request that rolled back, seeing nothing", "POST",
+             "/members/background", {"name": "hal", "fail": True}, 422, [TAKEN],
+             tags=["missing:hal"]),
+    Scenario("a job runs after its request committed", "POST", "/members/welcome",
+             {"name": "ivy"}, 202, ["ivy", TAKEN], tags=["welcomed:ivy"]),
+    Scenario("no job after a request that rolled back", "POST", "/members/welcome",
+             {"name": "jon", "fail": True}, 422, [TAKEN]),
+    Scenario("a bulk update through the query", "POST", "/volumes/shelve",
+             {"from": "open", "to": "closed"}, 200, [TAKEN], json={"moved": 1}),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    json: Any
+    members: list[str]
+    tags: list[str]
+    audit: list[str]
+
+
+@dataclass(frozen=True)
+class Way:
+    """How one way sends a request, and reaches the database it writes to."""
+
+    send: Callable[[Scenario], Awaitable[tuple[int, Any]]]
+    writing: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    """A connection to set the scenario up with, committed at its end if the way commits."""
+    reading: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    settle: Callable[[], Awaitable[None]]
+
+
+async def _run(scenario: Scenario, way: Way, audit: Callable[[], Awaitable[list[str]]]) -> Outcome:
+    async with way.writing() as setup:
+        await setup.execute(insert(Member).values(name=TAKEN))
+        await setup.execute(insert(Volume).values(id=VOLUME, title="Kept", shelf="open", version=1))
+    status, body = await way.send(scenario)
+    await way.settle()
+    deadline = time.monotonic() + 10
+    while True:  # background work may end after the answer: wait for what it writes
+        async with way.reading() as reader:
+            members = list((await reader.scalars(select(Member.name).order_by("name"))).all())
+            names = (await reader.scalars(select(Tag.name).order_by("name"))).all()
+        tags = [name for name in names if name != "welcome"]
+        if len(tags) >= len(scenario.tags) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    json = body if scenario.json is not None else None
+    return Outcome(status, json, members, tags, await audit())
+
+
+def _expected(scenario: Scenario) -> Outcome:
+    return Outcome(scenario.status, scenario.json, scenario.members, scenario.tags, scenario.audit)
+
+
+async def _empty(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        for model in (Loan, Member, Volume):
+            await connection.execute(delete(model))
+        await connection.execute(delete(Tag).where(Tag.name != "welcome"))
+
+
+@pytest.mark.service_committing  # each way manages its own transactions
+async def test_one_list_of_scenarios_gives_the_same_outcomes_every_way(
+    club: Serve,
+    served_club: httpx.AsyncClient,
+    service_database: TestDatabase,
+    plain_engine: AsyncEngine,
+    audit_entries: AuditEntries,
+) -> None:
+    app, client = await club()
+    outer: list[AsyncConnection] = []
+
+    async def in_process(scenario: Scenario) -> tuple[int, Any]:
+        response = await client.open(scenario.path, method=scenario.method, json=scenario.body)
+        body = await response.get_json() if response.mimetype == "application/json" else None
+        return response.status_code, body
+
+    async def served(scenario: Scenario) -> tuple[int, Any]:
+        response = await served_club.request(scenario.method, scenario.path, json=scenario.body)
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        return response.status_code, response.json() if is_json else None
+
+    async def background_tasks() -> None:
+        while app.background_tasks:
+            await asyncio.gather(*app.background_tasks)
+
+    async def nothing() -> None:
+        pass
+
+    @asynccontextmanager
+    async def the_outer_transaction() -> AsyncIterator[AsyncConnection]:
+        yield outer[0]
+
+    ways = {
+        "plugin": Way(in_process, the_outer_transaction, the_outer_transaction, background_tasks),
+        "production": Way(in_process, plain_engine.begin, plain_engine.connect, background_tasks),
+        "served": Way(served, plain_engine.begin, plain_engine.connect, nothing),
+    }
+    outcomes: dict[str, list[Outcome]] = {name: [] for name in ways}
+    for scenario in SCENARIOS:
+        for name, way in ways.items():
+            if name == "plugin":  # one outer transaction per scenario, rolled back after it
+                async with rolled_back(service_database.engine) as connection:
+                    outer[:] = [connection]
+                    outcomes[name].append(await _run(scenario, way, audit_entries))
+            else:
+                outcomes[name].append(await _run(scenario, way, audit_entries))
+                await _empty(plain_engine)
+            await audit_entries.clear()
+
+    expected = [_expected(scenario) for scenario in SCENARIOS]
+    wrong = [
+        f"{scenario.name}: {name} gave {got}, expected {want}"
+        for name, seen in outcomes.items()
+        for scenario, want, got in zip(SCENARIOS, expected, seen, strict=True)
+        if got != want
+    ]
+    assert not wrong, "\n".join(wrong)
