@@ -127,7 +127,7 @@ async def served_club(
     }
     server = Server("bookclub", "tests.bookclub.served:app", env, tmp_path_factory.mktemp("log"))
     try:
-        await asyncio.to_thread(server.wait_ready, "/members")
+        await asyncio.to_thread(server.wait_ready, "/volumes")
         async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
             yield client
     finally:
