@@ -155,7 +155,7 @@ class Model(AsyncAttrs, DeclarativeBase):
     async def update_or_create(
         cls, defaults: Mapping[str, Any] | None = None, **lookup: Any
     ) -> tuple[Self, bool]:
-        """The row matching ``lookup`` locked and updated with ``defaults``, or made: (row, made)."""
+        """The row matching ``lookup``, locked and updated with ``defaults``; or a new one."""
         found = await cls.query.filter_by(**lookup).with_for_update().first()
         if found is None:
             made, created = await cls.get_or_create(defaults, **lookup)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RolledBackError",
     "UnitOfWorkError",
+    "acquire_unless_awaited",
     "current_unit_of_work",
     "has_configured_bind",
     "join_sessions_to",
@@ -132,13 +133,64 @@ _NO_DATABASE = (
     "or job then uses an engine made from it), run it in a serving app, or pass "
     "`unit_of_work(bind=engine)`."
 )
-_CHILD_OF_WRITER_JOINED = (
+CHILD_OF_WRITER = (
     "A unit of work in a child task cannot write to SQLite while its parent's unit of work "
-    "holds the write lock: SQLite has one writer at a time, and the parent waits for the "
-    "child (the test's shared transaction reports what production would do). Run the "
-    "children before the parent uses the database, do the work in the parent, or use "
-    "PostgreSQL."
+    "holds the write lock and waits for the child (asyncio.gather, a TaskGroup, `await "
+    "task`): SQLite has one writer at a time, so neither could ever go on. Run the children "
+    "before the parent writes (a POST request's unit of work takes the lock at its first "
+    "query), do the work in the parent, or start work that need not be waited for with "
+    "`app.add_background_task` (or a task nobody awaits): it then waits for the parent's "
+    "commit."
 )
+_WATCH_INTERVAL = 0.02
+"""Seconds between two looks, while a child waits for its parent's lock, at who waits for it."""
+
+
+def awaited_by(task: asyncio.Task[Any], parent: asyncio.Task[Any]) -> bool:
+    """Whether ``parent`` waits, or may wait, for ``task`` to finish.
+
+    Read off ``task``'s done callbacks (asyncio keeps them in ``_callbacks``): the
+    parent's wake-up when it awaits the task itself, its TaskGroup's, and those of
+    ``gather``, ``wait`` and ``wait_for``, whichever task awaits those. A callback
+    that only drops the task from a collection (the recipe for tasks nobody
+    awaits: ``tasks.add(task); task.add_done_callback(tasks.discard)``) is no wait.
+    """
+    for callback, _ in getattr(task, "_callbacks", None) or ():
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, set | list | dict):
+            continue
+        if owner is parent or getattr(owner, "_parent_task", parent) is parent:
+            return True  # `await task`, a TaskGroup of the parent's, gather, wait, wait_for
+    return False
+
+
+async def acquire_unless_awaited(lock: asyncio.Lock, holder: asyncio.Task[Any]) -> None:
+    """Take ``lock``, held by ``holder``, an ancestor of this task: unless it waits for us.
+
+    A parent that waits for its child while holding the lock the child needs
+    would wait forever, so that is refused with ``UnitOfWorkError`` as soon as it
+    shows (at once for gather and TaskGroup, within a moment for a later
+    ``await task``); a child nobody waits for queues until the parent is done.
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    if awaited_by(me, holder):
+        raise UnitOfWorkError(CHILD_OF_WRITER)
+    acquiring = asyncio.ensure_future(lock.acquire())
+    try:
+        while not acquiring.done():
+            await asyncio.wait({acquiring}, timeout=_WATCH_INTERVAL)
+            if not acquiring.done() and awaited_by(me, holder):
+                raise UnitOfWorkError(CHILD_OF_WRITER)
+        acquiring.result()
+    except BaseException:
+        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+            lock.release()
+        else:
+            acquiring.cancel()
+        raise
+
+
 _CHILD_TASK = (
     "The database session was used from a child task (asyncio.gather, create_task, TaskGroup) "
     "of a unit of work. The session belongs to the task that opened the unit of work, and a "
@@ -362,11 +414,21 @@ class _JoinedConnection:
         unit = _current.get()
         if unit is None or unit.turn is not None:
             return  # not a unit's session, or a savepoint of a unit that has its turn
-        holder = next((a for a in unit.ancestors() if a.turn is not None), None)
+        holder = next((a for a in unit.ancestors() if a.turn is not None and not a.ending), None)
         if holder is not None and self.sqlite and not holder.readonly:
-            raise UnitOfWorkError(_CHILD_OF_WRITER_JOINED)
+            # As in production: the parent holds SQLite's write lock; the child waits for
+            # its end, unless the parent waits for the child.
+            await_(acquire_unless_awaited(self.lock, holder.task))
+            unit.turn = self.lock
+            return
         turn = self.lock if holder is None else holder.children_turn()
         await_(turn.acquire())
+        if holder is not None and holder.ending:
+            # The parent ended while this child waited (a task it did not wait for): the
+            # connection is no longer its to share, so queue like any other unit.
+            turn.release()
+            turn = self.lock
+            await_(turn.acquire())
         unit.turn = turn
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
-from service.db._session import UnitOfWorkError, _current
+from service.db._session import UnitOfWorkError, _current, acquire_unless_awaited
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -59,11 +59,14 @@ class WriterGate:
     async def acquire(self, unit: UnitOfWork | None) -> None:
         """Queue for the gate; refuse at once a wait that could never end."""
         task = asyncio.current_task()
-        if self._lock.locked():
-            if self._task is not None and self._task is task:
-                raise UnitOfWorkError(_SAME_TASK)
-            if self._unit is not None and unit is not None and self._unit in unit.ancestors():
-                raise UnitOfWorkError(_CHILD_OF_WRITER)
+        holder = self._unit
+        if self._lock.locked() and self._task is not None and self._task is task:
+            raise UnitOfWorkError(_SAME_TASK)
+        if self._lock.locked() and holder is not None and unit is not None:
+            if holder in unit.ancestors():
+                await acquire_unless_awaited(self._lock, holder.task)
+                self._task, self._unit = task, unit
+                return
         await self._lock.acquire()
         self._task, self._unit = task, unit
 
@@ -76,12 +79,6 @@ _SAME_TASK = (
     "This task already holds SQLite's write lock through another connection (its unit of "
     "work's session), so a second connection that writes would wait for it forever. Use "
     "`session` for all of the task's database work."
-)
-_CHILD_OF_WRITER = (
-    "A unit of work in a child task cannot write to SQLite while its parent's unit of work "
-    "holds the write lock: SQLite has one writer at a time, and the parent waits for the "
-    "child. Run the children before the parent uses the database (a POST request's unit of "
-    "work takes the lock at its first query), do the work in the parent, or use PostgreSQL."
 )
 
 _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, WriterGate]] = (

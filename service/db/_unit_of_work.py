@@ -88,6 +88,7 @@ class UnitOfWork:
         "_left",
         "_token",
         "bind",
+        "ending",
         "parent",
         "readonly",
         "session",
@@ -115,6 +116,8 @@ class UnitOfWork:
         self._ended = False
         self._left = False
         self._done: asyncio.Event | None = None
+        self.ending = False
+        """Set when ``end()`` begins: in tests, child units no longer share its connection."""
 
     def ancestors(self) -> Iterator[UnitOfWork]:
         """The parent's unit of work, its parent's, and so on."""
@@ -162,8 +165,16 @@ class UnitOfWork:
         if self._ended:
             return
         self._ended = True
+        self.ending = True
+        children = self._children_turn
+        if children is not None:
+            # In tests, children share this unit's connection: none may be in the middle of
+            # its own transaction when this one ends (a task it started and did not wait for).
+            await children.acquire()
         current, self.session = self.session, None
         if current is None:  # the database was never used: nothing to end but the scope
+            if children is not None:
+                children.release()
             self._leave()
             return
         lost = lost_writes(current) if commit else None
@@ -199,6 +210,8 @@ class UnitOfWork:
             if self.turn is not None:
                 self.turn.release()
                 self.turn = None
+            if children is not None:
+                children.release()
             self._leave()
             callbacks = _callbacks.take_committed(current)
             if callbacks:

@@ -194,6 +194,17 @@ def create_app(config: Mapping[str, Any]) -> Quart:
             abort(422)
         return {}, 201
 
+    children: list[asyncio.Task[None]] = []  # kept, for the tests to await
+    app.extensions["club_children"] = children
+
+    @app.post("/members/fire-and-forget")
+    async def add_member_and_start_a_task() -> Answer:
+        """A child task the handler does not wait for, with a unit of work of its own."""
+        body = await request.get_json()
+        await Member.create(name=body["name"])
+        children.append(asyncio.create_task(tag(f"child:{body['name']}")))
+        return {}, 201
+
     @app.post("/members/welcome")
     async def add_member_and_welcome() -> Answer:
         body = await request.get_json()

@@ -30,9 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.testing import rolled_back
 from service.testing import TestDatabase
-from tests.bookclub.conftest import AuditEntries, Serve
+from tests.bookclub.conftest import AuditEntries, Serve, Stored
 from tests.bookclub.models import Loan, Member, Tag, Volume
 
+COMMITTING = pytest.mark.service_committing
 TAKEN = "taken"
 VOLUME = 7
 
@@ -196,3 +197,22 @@ async def test_one_list_of_scenarios_gives_the_same_outcomes_every_way(
         if got != want
     ]
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("way", ["plugin", pytest.param("production", marks=COMMITTING)])
+async def test_a_child_task_nobody_waits_for_commits_on_its_own_under_the_plugin_and_not(
+    club: Serve, stored: Stored, way: str
+) -> None:
+    # Nobody waits for the child, so it commits a unit of its own: on PostgreSQL beside its
+    # parent's, on SQLite once its parent has released the write lock.
+    app, client = await club()
+
+    response = await client.post("/members/fire-and-forget", json={"name": "kim"})
+    outcomes = await asyncio.gather(*app.extensions["club_children"], return_exceptions=True)
+
+    assert response.status_code == 201
+    assert outcomes == [None]
+    assert await stored(Member.name) == ["kim"]
+    assert await stored(Tag.name) == ["child:kim", "welcome"]
+    # The test's shared transaction is intact: another request works.
+    assert (await client.post("/members", json={"name": "lee"})).status_code == 201
