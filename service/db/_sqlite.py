@@ -32,6 +32,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
+from service.db import _events
 from service.db._session import UnitOfWorkError, _current
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 class WriterGate:
     """The FIFO queue of one process's writers to one database file, on one event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str = "") -> None:
+        self.database = database
         self._lock = asyncio.Lock()  # FIFO: a free lock is never taken past a waiter
         self._task: asyncio.Task[Any] | None = None
         self._unit: UnitOfWork | None = None
@@ -64,7 +66,8 @@ class WriterGate:
                 raise UnitOfWorkError(_SAME_TASK)
             if self._unit is not None and unit is not None and self._unit in unit.ancestors():
                 raise UnitOfWorkError(_CHILD_OF_WRITER)
-        await self._lock.acquire()
+        with _events.writer_waiting(self.database):  # events: the queue's length and wait
+            await self._lock.acquire()
         self._task, self._unit = task, unit
 
     def release(self) -> None:
@@ -93,7 +96,7 @@ def _gate_for(path: str) -> WriterGate:
     gates = _gates.setdefault(asyncio.get_running_loop(), {})
     gate = gates.get(path)
     if gate is None:
-        gate = gates[path] = WriterGate()
+        gate = gates[path] = WriterGate(path)
     return gate
 
 
