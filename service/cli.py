@@ -17,7 +17,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import modules
+from service import modules, tracing
 from service.config import Settings
 from service.db import make_engine
 from service.db.cli import in_unit_of_work as _in_unit_of_work
@@ -35,6 +35,7 @@ KEEP_ALIVE_TIMEOUT = 5
 async def _engine() -> AsyncIterator[AsyncEngine]:
     settings = Settings()
     engine = make_engine(settings.database_url, **settings.engine_options())
+    tracing.instrument_engine(engine)  # if traces are on (OTEL_*)
     try:
         yield engine
     finally:

@@ -187,15 +187,19 @@ _tracing: Tracing | None = None
 
 
 def tracing(tracer_provider: trace.TracerProvider | None = None) -> Tracing | None:
-    """The process's ``Tracing``, listening, on ``tracer_provider`` or the configured one."""
+    """The process's ``Tracing``, listening: on ``tracer_provider``, else the one already
+    listening, else on the ``OTEL_*`` variables' provider; ``None`` if traces are off."""
     global _tracing
-    chosen = tracer_provider or provider()
-    if chosen is None:
-        return None
-    if _tracing is None or _tracing.provider is not chosen:
+    if tracer_provider is None:
+        if _tracing is not None:
+            return _tracing
+        tracer_provider = provider()
+        if tracer_provider is None:
+            return None
+    if _tracing is None or _tracing.provider is not tracer_provider:
         if _tracing is not None:
             _tracing.disconnect()
-        _tracing = Tracing(chosen)
+        _tracing = Tracing(tracer_provider)
         _tracing.connect()
     return _tracing
 

@@ -137,7 +137,10 @@ async def test_a_job_that_fails_until_dead_counts_its_retries_and_shows_dead(app
     assert moved(before, after, deliveries, job=job, outcome="retry") == 2
     assert moved(before, after, deliveries, job=job, outcome="dead") == 1
     assert moved(before, after, deliveries, job=job, outcome="done") == 0
-    assert value(after, "service_jobs", state="dead") == value(before, "service_jobs", state="dead") + 1
+    assert (
+        value(after, "service_jobs", state="dead")
+        == value(before, "service_jobs", state="dead") + 1
+    )
     # Each attempt's unit rolled back on the body's exception.
     assert moved(before, after, UNITS, entry="job", outcome="rolled_back_exception") == 3
 
