@@ -20,7 +20,7 @@ from service import tracing
 
 
 def _line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return f"{span.to_json(indent=None)}\n"
 
 
 def main() -> None:
