@@ -11,11 +11,11 @@ from quart import Quart, Response, current_app
 from quart_schema import Info, QuartSchema, security_scheme, validate_response
 from sqlalchemy import text
 
-from service import logs, modules, security, serialization
+from service import logs, metrics, modules, security, serialization, tracing
 from service.config import Settings
-from service.db import Database
+from service.db import Database, events, unit_of_work
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
-from service.jobs import Jobs
+from service.jobs import Jobs, OutboxStats, outbox_stats
 from service.ledger import auth
 from service.ledger.api import api
 from service.openapi import Provider, init_docs
@@ -69,6 +69,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     init_docs(app, TITLE)
     register_error_handlers(app)
     app.register_blueprint(api)
+    metrics.init_app(app, _outbox_stats)
+    tracing.init_app(app, db)
 
     @app.get("/healthz")
     @security_scheme([])  # documented as open, like /readyz: probes carry no token
@@ -93,6 +95,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         return Readiness()
 
     return app
+
+
+async def _outbox_stats() -> OutboxStats | None:
+    """The outbox's figures for a scrape, in a read-only unit of work of its own."""
+    try:
+        with events.running_as("metrics"):
+            async with asyncio.timeout(current_app.config["READINESS_TIMEOUT"]):
+                return await unit_of_work(readonly=True, bind=db.engine)(outbox_stats)()
+    except Exception:
+        current_app.logger.warning("the outbox could not be read for metrics", exc_info=True)
+        return None
 
 
 app = create_app()

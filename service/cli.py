@@ -7,6 +7,7 @@ that failed wrote nothing. Serialization failures and deadlocks re-run it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import modules
+from service import modules, tracing
 from service.config import Settings
 from service.db import make_engine
 from service.db.cli import in_unit_of_work as _in_unit_of_work
@@ -35,6 +36,7 @@ KEEP_ALIVE_TIMEOUT = 5
 async def _engine() -> AsyncIterator[AsyncEngine]:
     settings = Settings()
     engine = make_engine(settings.database_url, **settings.engine_options())
+    tracing.instrument_engine(engine)  # if traces are on (OTEL_*)
     try:
         yield engine
     finally:
@@ -199,7 +201,28 @@ def upgrade() -> None:
     show_default=True,
     help="Seconds an idle keep-alive connection stays open.",
 )
-def serve(host: str, port: int, workers: int, read_timeout: int, keep_alive: int) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    envvar="METRICS_PORT",
+    default=None,
+    help="Serve GET /metrics (Prometheus) on this port, and nothing else there [METRICS_PORT].",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address of the metrics port: one only the scraper reaches.",
+)
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    read_timeout: int,
+    keep_alive: int,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Serve the API with Hypercorn.
 
     A request's body must arrive within BODY_TIMEOUT (10 s; 408 otherwise) before any
@@ -212,6 +235,11 @@ def serve(host: str, port: int, workers: int, read_timeout: int, keep_alive: int
     config = Config()
     config.application_path = "service.app:app"
     config.bind = [f"{host}:{port}"]
+    if metrics_port is not None:
+        if metrics_port == port:
+            raise click.BadParameter("must differ from --port", param_hint="--metrics-port")
+        os.environ["METRICS_PORT"] = str(metrics_port)  # the workers' apps read it
+        config.bind.append(f"{metrics_host}:{metrics_port}")
     config.workers = workers
     config.read_timeout = read_timeout
     config.keep_alive_timeout = keep_alive

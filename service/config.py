@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     """Seconds of ``Strict-Transport-Security`` to send; 0 sends none. Set it when the service
     is reached over TLS only (say 31536000, a year)."""
 
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """The port on which ``GET /metrics`` answers (Prometheus); unset, no metrics are kept.
+    ``service serve`` binds it on 127.0.0.1 (``--metrics-host``): never the API's port."""
+
     access_log: bool = True
     """One JSON line per request, and one per movement of money, on standard error."""
 

@@ -9,7 +9,8 @@ Three limits, each configured in ``limits`` notation (``30/minute``):
 The counters live in this process (``RATE_LIMIT_STORAGE_URL=memory://``, the
 default) or in Redis (``redis://host:port/db``), where every worker and host
 using that Redis shares them. ``RATE_LIMIT_ENABLED=false`` turns them all off.
-A refused request is a 429 ``rate_limited`` with ``Retry-After``.
+A refused request is a 429 ``rate_limited`` with ``Retry-After``, and ``refused`` is sent
+with the limit's name (``service.metrics`` counts them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from blinker import Signal
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -28,12 +30,13 @@ from quart import Quart, current_app
 
 from service.errors import ApiError
 
-__all__ = ["Limit", "RateLimits", "check", "hit"]
+__all__ = ["Limit", "RateLimits", "check", "hit", "refused"]
 
 logger = logging.getLogger(__name__)
 
 Limit = Literal["failed_auth", "registration", "token"]
 _EXTENSION = "service.ratelimit"
+refused = Signal("a request was refused by a rate limit; sent with the limit's name")
 _SETTINGS: dict[Limit, str] = {
     "failed_auth": "RATE_LIMIT_FAILED_AUTH",
     "registration": "RATE_LIMIT_REGISTRATIONS",
@@ -133,6 +136,7 @@ async def _ask(limit: Limit, key: str, *, count: bool) -> None:
         logger.warning("rate limit storage failed; request let through", exc_info=True)
         return
     retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+    refused.send(limit)
     raise ApiError(
         429,
         "rate_limited",

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import jobs, modules
+from service import jobs, modules, tracing
 from service.config import Settings
 from service.db import make_engine
 
@@ -45,6 +45,7 @@ class _Process:
         if cls.engine is None:
             settings = Settings()
             cls.engine = make_engine(settings.database_url, **settings.engine_options())
+            tracing.instrument_engine(cls.engine)  # if traces are on (OTEL_*)
         return cls.loop, cls.engine
 
 

@@ -6,9 +6,13 @@ file. The layer's tests add tables of their own to the migrated schema.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
+import redis
 from quart import Quart
 from sqlalchemy import Table
 
@@ -32,3 +36,26 @@ def errors_as_responses(service_app: Quart, monkeypatch: pytest.MonkeyPatch) -> 
     The plugin's app is in testing mode, where Quart lets exceptions reach the test.
     """
     monkeypatch.setitem(service_app.config, "PROPAGATE_EXCEPTIONS", False)
+
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A Celery broker (Redis), and a queue of the test's own on it."""
+
+    url: str
+    queue: str
+
+
+@pytest.fixture
+def broker() -> Broker:
+    """Redis is a real component of this suite: with ``CI=true`` an unreachable one fails it."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable (CI=true: a failure): {error}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {error}")
+    return Broker(REDIS_URL, f"test-{uuid.uuid4().hex}")

@@ -37,7 +37,13 @@ ALLOWED = {
     "service.logs": {"service.security"},
     "service.ratelimit": {"service.errors"},
     "service.openapi": {"service.errors"},
-    "service.worker": {"service.db", "service.jobs", "service.config", "service.modules"},
+    "service.worker": {
+        "service.db",
+        "service.jobs",
+        "service.config",
+        "service.modules",
+        "service.tracing",
+    },
 }
 
 

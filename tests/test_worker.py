@@ -10,9 +10,7 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +27,8 @@ from service.jobs import DELIVER_TASK, JobRow, enqueue, job
 from service.ledger.factories import AccountFactory, UserFactory
 from service.ledger.models import Statement
 from service.ledger.statements import request_statement
+from tests.conftest import REDIS_URL, Broker
 from tests.db.models import Part
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@dataclass(frozen=True)
-class Broker:
-    url: str
-    queue: str
-
-
-@pytest.fixture
-def broker() -> Broker:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable (CI=true: a failure): {error}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {error}")
-    return Broker(REDIS_URL, f"test-{uuid.uuid4().hex}")
 
 
 @pytest.fixture

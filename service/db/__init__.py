@@ -3,6 +3,7 @@
 Knows nothing of the ledger; it could be lifted out as a library.
 """
 
+from service.db import _events as events
 from service.db._engine import make_engine
 from service.db._loading import NotLoadedError
 from service.db._model import Model
@@ -20,6 +21,7 @@ __all__ = [
     "RolledBackError",
     "UTCDateTime",
     "UnitOfWorkError",
+    "events",
     "make_engine",
     "on_commit",
     "session",

@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from service.db import _events
 from service.db._session import Bind
 from service.db._unit_of_work import unit_of_work
 
@@ -87,7 +88,8 @@ async def _run(
             return None
 
     async with setting() as bind:
-        result = await unit_of_work(bind=bind, retries=RETRIES)(attempt)()
+        with _events.running_as("cli"):  # events: the entry point of the command's unit
+            result = await unit_of_work(bind=bind, retries=RETRIES)(attempt)()
     if successful_exit:
         raise _Exiting(successful_exit[0])  # committed; now exit as asked
     return result  # type: ignore[return-value]

@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from service.db import _events
 from service.db import _server as server
 from service.db import _sqlite as sqlite
+from service.db._pool import MeasuredPool
 
 __all__ = [
     "CONFIG_OPTIONS",
@@ -65,17 +67,18 @@ def make_engine(
     lock by its busy timeout.
     """
     url = make_url(url)
+    options.setdefault("poolclass", MeasuredPool)  # SQLAlchemy's, publishing events
     if url.get_backend_name() != "sqlite":
         if url.get_driver_name() != "asyncpg":
             options.setdefault("pool_pre_ping", True)
-            return create_async_engine(url, **options)
+            return _published(create_async_engine(url, **options))
         timeouts = {"timeout": connect_timeout, "command_timeout": command_timeout}
         connect_args = {name: value for name, value in timeouts.items() if value is not None}
         options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
         engine = create_async_engine(url, **options)
         if not options.get("pool_pre_ping"):
             server.ping_when_idle(engine)
-        return engine
+        return _published(engine)
     if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
         raise ValueError(
             f"{url!r}: use a SQLite file such as sqlite+aiosqlite:///var/service.db. An in-memory "
@@ -85,6 +88,12 @@ def make_engine(
     engine = create_async_engine(url, async_creator=sqlite.connector(url.database), **options)
     event.listen(engine.sync_engine, "begin", sqlite.begin)
     event.listen(engine.sync_engine, "invalidate", sqlite.invalidate)
+    return _published(engine)
+
+
+def _published(engine: AsyncEngine) -> AsyncEngine:
+    """Its statements' errors noted for the outcome of their unit of work (``_events``)."""
+    event.listen(engine.sync_engine, "handle_error", _events.handle_error)
     return engine
 
 

@@ -194,7 +194,8 @@ class _RequestHooks:
         current: Request = request._get_current_object()  # type: ignore[attr-defined]
         if _announces_body(current) and not _streams_body(sender, current):
             await _receive_body(current)
-        UnitOfWork(readonly=current.method in _READ_ONLY_METHODS, bind=engine).begin()
+        readonly = current.method in _READ_ONLY_METHODS
+        UnitOfWork(readonly=readonly, bind=engine, entry="request").begin()
 
     async def end_request(self, response: ResponseTypes) -> ResponseTypes:
         # Ends the unit here rather than at teardown, which Quart skips for a
@@ -203,7 +204,8 @@ class _RequestHooks:
         if unit is None:
             return response
         try:
-            await unit.end(commit=response.status_code < 400)
+            status = response.status_code
+            await unit.end(commit=status < 400, status=status)
         except RolledBackError as error:
             logger.error(
                 "The handler of %s %s caught a %s after which the unit of work's earlier writes "

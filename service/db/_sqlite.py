@@ -32,6 +32,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
+from service.db import _events
 from service.db._session import UnitOfWorkError, _current, acquire_unless_awaited
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 class WriterGate:
     """The FIFO queue of one process's writers to one database file, on one event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str = "") -> None:
+        self.database = database
         self._lock = asyncio.Lock()  # FIFO: a free lock is never taken past a waiter
         self._task: asyncio.Task[Any] | None = None
         self._unit: UnitOfWork | None = None
@@ -62,12 +64,13 @@ class WriterGate:
         holder = self._unit
         if self._lock.locked() and self._task is not None and self._task is task:
             raise UnitOfWorkError(_SAME_TASK)
-        if self._lock.locked() and holder is not None and unit is not None:
-            if holder in unit.ancestors():
-                await acquire_unless_awaited(self._lock, holder.task)
-                self._task, self._unit = task, unit
-                return
-        await self._lock.acquire()
+        with _events.writer_waiting(self.database):  # events: the queue's length and wait
+            if self._lock.locked() and holder is not None and unit is not None:
+                if holder in unit.ancestors():
+                    await acquire_unless_awaited(self._lock, holder.task)
+                    self._task, self._unit = task, unit
+                    return
+            await self._lock.acquire()
         self._task, self._unit = task, unit
 
     def release(self) -> None:
@@ -90,7 +93,7 @@ def _gate_for(path: str) -> WriterGate:
     gates = _gates.setdefault(asyncio.get_running_loop(), {})
     gate = gates.get(path)
     if gate is None:
-        gate = gates[path] = WriterGate()
+        gate = gates[path] = WriterGate(path)
     return gate
 
 

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import Token
 from types import TracebackType
@@ -19,8 +20,9 @@ from typing import Any, ParamSpec, Self, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
-from service.db import _callbacks
+from service.db import _callbacks, _events
 from service.db._engine import default_engine
+from service.db._events import Entry
 from service.db._readonly import STREAMED, autocommits, readonly_bind
 from service.db._session import (
     Bind,
@@ -89,6 +91,7 @@ class UnitOfWork:
         "_token",
         "bind",
         "ending",
+        "entry",
         "parent",
         "readonly",
         "session",
@@ -96,7 +99,9 @@ class UnitOfWork:
         "turn",
     )
 
-    def __init__(self, *, readonly: bool = False, bind: Bind | None = None) -> None:
+    def __init__(
+        self, *, readonly: bool = False, bind: Bind | None = None, entry: Entry | None = None
+    ) -> None:
         task = asyncio.current_task()
         if task is None:
             raise UnitOfWorkError("A unit of work must run inside an asyncio task.")
@@ -105,6 +110,8 @@ class UnitOfWork:
         if readonly:
             bind = readonly_bind(bind or session.session_factory.kw.get("bind"))
         self.bind = bind
+        self.entry: Entry = entry or _events.entry_point.get()
+        """Where the unit comes from, for its events (``service.db.events``)."""
         self.parent = _current.get()
         """The unit of work of the task this one's task was started from, if any."""
         self.session: AsyncSession | None = None
@@ -152,9 +159,13 @@ class UnitOfWork:
                 "(a savepoint) instead of beginning a second one."
             )
         self._token = _current.set(self)
+        if _events.unit_began:  # events: service.db.events
+            _events.began(self)
 
-    async def end(self, *, commit: bool) -> None:
+    async def end(self, *, commit: bool, status: int | None = None) -> None:
         """Commit what the session did (whatever API did it), or roll back; then close.
+
+        ``status``: a request's final status, which decided ``commit`` (for the events).
 
         A failed commit is rolled back and its error re-raised. Whatever happens,
         the session is closed and removed from the registry, the task leaves the
@@ -172,10 +183,13 @@ class UnitOfWork:
             # its own transaction when this one ends (a task it started and did not wait for).
             await children.acquire()
         current, self.session = self.session, None
+        failure, started = None, time.perf_counter()  # events
         if current is None:  # the database was never used: nothing to end but the scope
             if children is not None:
                 children.release()
             self._leave()
+            if _events.unit_ended:  # events: service.db.events
+                _events.ended(self, None, commit, status, None, started)
             return
         lost = lost_writes(current) if commit else None
         if lost is not None:
@@ -204,6 +218,9 @@ class UnitOfWork:
                 await run_to_completion(_settle(current, commit=commit))
             if lost is not None:
                 raise RolledBackError(lost) from lost
+        except BaseException as error:  # events
+            failure = error
+            raise
         finally:
             if session.registry.registry.get(self) is current:
                 del session.registry.registry[self]
@@ -213,6 +230,8 @@ class UnitOfWork:
             if children is not None:
                 children.release()
             self._leave()
+            if _events.unit_ended:  # events: service.db.events
+                _events.ended(self, current, commit, status, failure, started)
             callbacks = _callbacks.take_committed(current)
             if callbacks:
                 await run_to_completion(_callbacks.run(callbacks))

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.jobs._admin import list_jobs, prune_dead
+from service.jobs import _events as events
+from service.jobs._admin import OutboxStats, list_jobs, outbox_stats, prune_dead
 from service.jobs._admin import retry as retry_job
 from service.jobs._celery import DELIVER_TASK, run_delivered
 from service.jobs._deliver import JobLost, Outcome, UnknownJob
@@ -51,12 +52,15 @@ __all__ = [
     "Jobs",
     "LeaseLost",
     "Outcome",
+    "OutboxStats",
     "UnknownJob",
     "drain",
     "enqueue",
+    "events",
     "job",
     "job_name",
     "list_jobs",
+    "outbox_stats",
     "prune_dead_jobs",
     "registry",
     "retry_job",

@@ -6,15 +6,24 @@ Every function here runs in the current unit of work.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db import session
 from service.jobs._outbox import JobRow, utcnow
 
-__all__ = ["ensure_periodic", "list_jobs", "missing_periodic", "prune_dead", "retry"]
+__all__ = [
+    "OutboxStats",
+    "ensure_periodic",
+    "list_jobs",
+    "missing_periodic",
+    "outbox_stats",
+    "prune_dead",
+    "retry",
+]
 
 
 async def missing_periodic(names: Sequence[str]) -> list[str]:
@@ -82,3 +91,38 @@ async def prune_dead(before: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return len(pruned.all())
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """The outbox at one moment: jobs by state, and how long the oldest pending one waits."""
+
+    pending: int
+    """Jobs that should be running and are not: handed over (``queued``), or due."""
+    waiting: int
+    """Jobs scheduled for later: retries waiting out their backoff, periodic jobs."""
+    running: int
+    dead: int
+    oldest_pending_seconds: float
+    """Since when the oldest pending job waits: handed over, or due; 0 when none is."""
+
+
+async def outbox_stats() -> OutboxStats:
+    """The outbox's figures (for metrics): one aggregate query, a read only."""
+    now = utcnow()
+    later = and_(JobRow.state == "scheduled", JobRow.due_at > now)
+    since = case((JobRow.state == "queued", JobRow.queued_at), else_=JobRow.due_at)
+    rows = await session.execute(
+        select(JobRow.state, later.label("later"), func.count(), func.min(since)).group_by(
+            JobRow.state, later
+        )
+    )
+    counts = {"pending": 0, "waiting": 0, "running": 0, "dead": 0}
+    oldest: datetime | None = None
+    for state, is_later, count, first in rows:
+        kind = "waiting" if is_later else "pending" if state in ("scheduled", "queued") else state
+        counts[kind] = counts.get(kind, 0) + count
+        if kind == "pending" and first is not None and (oldest is None or first < oldest):
+            oldest = first
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+    return OutboxStats(counts["pending"], counts["waiting"], counts["running"], counts["dead"], age)

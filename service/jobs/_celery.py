@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from service.db import unit_of_work
+from service.db import events, unit_of_work
 from service.db._session import Bind
 from service.jobs import _outbox
 from service.jobs._deliver import Outcome
@@ -106,6 +106,13 @@ async def run_delivered(
 
     ``None`` if the message is stale: the delivery is no longer queued.
     """
+    with events.running_as("dispatcher"):
+        return await _run_delivered(job_id, attempt, bind=bind, lease=lease)
+
+
+async def _run_delivered(
+    job_id: int, attempt: int, *, bind: Bind | None, lease: timedelta
+) -> Outcome | None:
     owner = new_owner()
     delivery = None
     # A copy of a message already delivered is common (sent again while the first waited

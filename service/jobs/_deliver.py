@@ -9,13 +9,17 @@ dead, with the job's ``on_failure`` run in that same unit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import traceback
 from datetime import timedelta
+from typing import Literal
 
-from service.db import unit_of_work
+from service.db import events, unit_of_work
 from service.db._session import Bind
-from service.jobs import _admin, _outbox
+from service.jobs import _admin, _events, _outbox
+from service.jobs._events import Delivered, JobEnded, JobStarted
 from service.jobs._outbox import Delivery, LeaseLost
 from service.jobs._registry import Job, registry
 
@@ -23,7 +27,7 @@ __all__ = ["JobLost", "Outcome", "UnknownJob", "deliver", "deliver_inline"]
 
 logger = logging.getLogger("service.jobs")
 
-Outcome = str
+Outcome = Literal["done", "retry", "dead", "lost"]
 """``done``, ``retry`` (scheduled again), ``dead``, or ``lost`` (another delivery has it)."""
 
 _MAX_ERROR = 8_000
@@ -43,20 +47,48 @@ def _describe(error: BaseException) -> str:
 
 
 async def deliver(delivery: Delivery, *, bind: Bind | None = None) -> Outcome:
-    """Run ``delivery``: the body, then the acknowledgement, committed together."""
+    """Run ``delivery``: the body, then the acknowledgement, committed together.
+
+    Its units of work are the entry point ``job``; ``job_started`` and ``job_ended``
+    (``events``) are sent around it.
+    """
+    task = asyncio.current_task()
+    if _events.job_started:
+        started_event = JobStarted(
+            delivery.id, delivery.attempt, delivery.name, delivery.headers, task
+        )
+        _events.job_started.send(started_event)
+    started = time.perf_counter()
+    outcome: Delivered = "cancelled"
+    error: BaseException | None = None
+    try:
+        with events.running_as("job"):
+            outcome, error = await _deliver(delivery, bind)
+        return outcome
+    finally:
+        if _events.job_ended:
+            seconds = time.perf_counter() - started
+            ended = JobEnded(
+                delivery.id, delivery.attempt, delivery.name, outcome, seconds, error, task
+            )
+            _events.job_ended.send(ended)
+
+
+async def _deliver(delivery: Delivery, bind: Bind | None) -> tuple[Outcome, Exception | None]:
     job = registry.get(delivery.name)
     if job is None:
         unknown = UnknownJob(f"{delivery.name} is not a registered job in this process")
-        return await _record(Job(delivery.name, _unknown), delivery, unknown, bind=bind, final=True)
+        unknown_job = Job(delivery.name, _unknown)
+        return await _record(unknown_job, delivery, unknown, bind=bind, final=True), unknown
     if delivery.attempt > job.attempts:
         # Only a lost delivery is taken again past the limit: a failed one is dead at it.
         lost = JobLost(f"its process was lost during attempt {delivery.attempt - 1}")
-        return await _record(job, delivery, lost, bind=bind, final=True)
+        return await _record(job, delivery, lost, bind=bind, final=True), lost
     try:
         await unit_of_work(bind=bind, retries=job.retries)(_body_then_ack)(job, delivery)
     except LeaseLost:
         logger.warning("job %s (%s): another delivery took it over", delivery.id, job.name)
-        return "lost"
+        return "lost", None
     except Exception as error:
         logger.exception(
             "job %s %s%r failed (attempt %d of %d)",
@@ -67,8 +99,8 @@ async def deliver(delivery: Delivery, *, bind: Bind | None = None) -> Outcome:
             job.attempts,
         )
         final = delivery.attempt >= job.attempts
-        return await _record(job, delivery, error, bind=bind, final=final)
-    return "done"
+        return await _record(job, delivery, error, bind=bind, final=final), error
+    return "done", None
 
 
 async def deliver_inline(delivery: Delivery, *, bind: Bind | None = None, owner: str) -> Outcome:

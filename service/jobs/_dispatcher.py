@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from service.db import unit_of_work
+from service.db import events, unit_of_work
 from service.db._session import Bind
 from service.jobs import _admin, _outbox
 from service.jobs._deliver import Outcome, deliver
@@ -128,6 +128,7 @@ class Dispatcher:
         """Renew the leases of held deliveries; return once stopping (or, ``until_idle``, at
         any time) and none is held."""
         interval = self.lease.total_seconds() / 6
+        events.entry_point.set("dispatcher")  # this task's units of work (deliveries: "job")
         while True:
             if self.stopping.is_set():
                 self._forget_waiting()  # never started: release() hands their rows back
@@ -146,6 +147,7 @@ class Dispatcher:
         """About every ``sweep_interval``: periodic jobs, then due ones; until stopping. While
         due jobs are left over, again once room is free."""
         periodic_at = 0.0
+        events.entry_point.set("dispatcher")  # this task's units of work (deliveries: "job")
         while not self.stopping.is_set():
             self._freed.clear()
             self._sweep_now.clear()
@@ -165,7 +167,8 @@ class Dispatcher:
     async def release(self) -> None:
         """Once every delivery has ended: hand back what this process still holds, due now."""
         try:
-            released = await unit_of_work(bind=self.bind)(_outbox.release)(self.owner)
+            with events.running_as("dispatcher"):
+                released = await unit_of_work(bind=self.bind)(_outbox.release)(self.owner)
         except Exception:
             logger.warning("could not hand back this process's jobs", exc_info=True)
             return

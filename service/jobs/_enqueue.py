@@ -28,9 +28,9 @@ from typing import Any
 from quart import current_app, has_app_context
 
 from service.config import Settings
-from service.db import UnitOfWorkError, on_commit, session, unit_of_work
+from service.db import UnitOfWorkError, events, on_commit, session, unit_of_work
 from service.db._session import Bind, current_unit_of_work
-from service.jobs import _outbox
+from service.jobs import _events, _outbox
 from service.jobs._celery import sender_for
 from service.jobs._deliver import deliver_inline
 from service.jobs._outbox import Delivery, JobRow
@@ -81,6 +81,9 @@ def enqueue(body: Body, *args: Any) -> None:
         json.dumps(args)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name}: a job's arguments must be JSON-serializable ({error})") from None
+    headers: dict[str, str] = {}
+    if _events.job_enqueued:
+        _events.job_enqueued.send(_events.JobEnqueued(name, headers))
     route = _route(unit.bind)
     now = _outbox.utcnow()
     if route.kick is None:
@@ -96,6 +99,7 @@ def enqueue(body: Body, *args: Any) -> None:
             queued_at=now,
         )
     row.created_at = now
+    row.headers = headers or None
     session.add(row)
     if route.kick is not None:
         on_commit(functools.partial(route.kick, row, unit.bind))
@@ -136,9 +140,10 @@ def _queued(row: JobRow) -> Delivery:
 
 
 async def _run_eagerly(row: JobRow, bind: Bind | None) -> None:
-    delivery = await unit_of_work(bind=bind)(_outbox.claim)(
-        row.id, row.attempts, owner=EAGER_OWNER, lease=_DRAIN_LEASE
-    )
+    with events.running_as("dispatcher"):
+        delivery = await unit_of_work(bind=bind)(_outbox.claim)(
+            row.id, row.attempts, owner=EAGER_OWNER, lease=_DRAIN_LEASE
+        )
     if delivery is not None:
         await deliver_inline(delivery, bind=bind, owner=EAGER_OWNER)
 

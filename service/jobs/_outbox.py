@@ -24,8 +24,8 @@ Every function here runs in the current unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,6 +108,9 @@ class JobRow(Model):
     """When the current delivery was handed over."""
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     """When it went dead."""
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """What ``job_enqueued``'s listeners added (``events``): a trace context, say; handed to
+    each delivery, in whatever process."""
 
 
 class LeaseLost(Exception):
@@ -123,6 +126,7 @@ class Delivery:
     name: str
     args: tuple[Any, ...]
     deadline: datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def token(self) -> tuple[int, int]:
@@ -130,7 +134,7 @@ class Delivery:
 
 
 def _delivery(row: Any, deadline: datetime) -> Delivery:
-    return Delivery(row.id, row.attempts, row.name, tuple(row.args), deadline)
+    return Delivery(row.id, row.attempts, row.name, tuple(row.args), deadline, row.headers or {})
 
 
 async def due(now: datetime | None = None) -> bool:
@@ -197,7 +201,7 @@ async def take(
             due_at=deadline,
             queued_at=now,
         )
-        .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args)
+        .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers)
         .execution_options(synchronize_session=False)
     )
     return sorted((_delivery(row, deadline) for row in rows), key=lambda d: d.id)
@@ -245,7 +249,7 @@ async def relay(*, limit: int, lease: timedelta) -> list[Delivery]:
             .execution_options(synchronize_session=False)
         )
     sent = await session.execute(
-        select(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.due_at)
+        select(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers, JobRow.due_at)
         .where(JobRow.id.in_(chosen))
         .order_by(JobRow.id)
     )
@@ -269,7 +273,7 @@ async def claim(job_id: int, attempt: int, *, owner: str, lease: timedelta) -> D
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state == "queued")
             .values(state="running", owner=owner, due_at=deadline)
-            .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args)
+            .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers)
             .execution_options(synchronize_session=False)
         )
     ).first()

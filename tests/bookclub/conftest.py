@@ -18,7 +18,7 @@ import httpx
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bench.servers import Server
@@ -28,7 +28,7 @@ from tests.bookclub.app import create_app
 from tests.bookclub.models import AuditBase, AuditEntry, Loan, Member, Tag, Volume
 
 Serve = Callable[..., Awaitable[tuple[Quart, Client]]]
-Stored = Callable[[ColumnElement[Any]], Awaitable[list[Any]]]
+Stored = Callable[[Any], Awaitable[list[Any]]]
 
 CLUB_TABLES = [Member.__table__, Volume.__table__, Loan.__table__, Tag.__table__]
 AUDIT_TABLE = AuditEntry.__table__
@@ -80,7 +80,7 @@ async def club(service_database_url: str, audit_database_url: str) -> AsyncItera
 def stored(service_connection: AsyncConnection | None, plain_engine: AsyncEngine) -> Stored:
     """``await stored(Member.name)``: the column's values, sorted, as the database has them."""
 
-    async def read(column: ColumnElement[Any]) -> list[Any]:
+    async def read(column: Any) -> list[Any]:
         query = select(column).order_by(column)
         if service_connection is not None:
             return list((await service_connection.scalars(query)).all())

@@ -1,0 +1,346 @@
+"""What the layer does, published as typed events: for metrics, traces and logs.
+
+    from service.db import events
+
+    @events.unit_ended.connect
+    def count(event: events.UnitOfWorkEnded) -> None:
+        print(event.entry, event.outcome, event.commit_seconds)
+
+Each signal carries one event class. A listener is called at once, in the task
+(and thread) where the event happens: it must be quick, must not block, and must
+not use the database. An exception in a listener is logged and otherwise
+ignored: instrumentation never changes what a unit of work does. A signal
+without listeners costs a truth test, and no event is even made.
+
+The signals of ``service.db``:
+
+- ``unit_began`` / ``unit_ended``: a unit of work begins (its task's context is
+  the unit's from there on: a tracing listener can make its span current) and
+  ends, with its entry point and outcome (``UnitOfWorkEnded``). A unit that never
+  used the database has nothing to commit or roll back: it ends with outcome
+  ``unused``.
+- ``pool_checkout`` / ``pool_checkin``: a connection taken from one of the layer's
+  engines' pools (after ``waited`` seconds, or a timeout) and given back, with the
+  pool's figures after each.
+- ``writer_queued`` / ``writer_admitted``: SQLite writers queueing at the process's
+  writer gate (``_sqlite``) and getting through it.
+
+``service.jobs`` publishes its own (``service.jobs.events``) with ``Signal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from service.db._outage import is_outage
+from service.db._readonly import autocommits
+from service.db._session import RolledBackError, current_unit_of_work
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.pool import Pool
+
+    from service.db._unit_of_work import UnitOfWork
+
+__all__ = [
+    "Entry",
+    "Outcome",
+    "PoolCheckin",
+    "PoolCheckout",
+    "Signal",
+    "UnitOfWorkBegan",
+    "UnitOfWorkEnded",
+    "WriterAdmitted",
+    "WriterQueued",
+    "entry_point",
+    "pool_checkin",
+    "pool_checkout",
+    "running_as",
+    "unit_began",
+    "unit_ended",
+    "writer_admitted",
+    "writer_queued",
+]
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+Entry = str
+"""Where a unit of work comes from: ``request`` (an HTTP request), ``job`` (a job's delivery),
+``dispatcher`` (the jobs dispatcher's own upkeep of the outbox: sweeps, claims, lease
+renewals), ``cli`` (a ``service`` command), ``script`` (anything else: the default), or
+whatever an app labels its own with ``running_as``."""
+
+Outcome = Literal[
+    "committed",
+    "rolled_back_status",
+    "rolled_back_exception",
+    "failed_commit",
+    "conflict",
+    "outage",
+    "unused",
+]
+"""How a unit of work ended.
+
+- ``committed``: it asked to commit, and did (a read-only unit on PostgreSQL, whose
+  statements ran in autocommit, when it would have);
+- ``rolled_back_status``: rolled back because the request's final status was 400 or more;
+- ``rolled_back_exception``: rolled back because an exception left it (a handler's
+  error, a cancelled request, a failed command or job attempt);
+- ``conflict``: a constraint violation, a stale version or a lost serialization race
+  (SQLSTATE 40001, 40P01), at COMMIT or in a statement before it;
+- ``outage``: the database could not be reached or used (``_outage``), at COMMIT or
+  in a statement before it, pool timeouts included;
+- ``failed_commit``: any other failure of the flush or the COMMIT;
+- ``unused``: it never used the database.
+"""
+
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+_SEEN = "service.db.events.error"
+"""The key in a unit's ``session.info`` of the last database error its statements raised."""
+
+
+class Signal(Generic[E]):
+    """A list of listeners for one event class; ``bool(signal)`` says whether it has any."""
+
+    __slots__ = ("_listeners", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._listeners: tuple[Callable[[E], object], ...] = ()
+
+    def connect(self, listener: Callable[[E], object]) -> Callable[[E], object]:
+        """Call ``listener(event)`` for each event from now on; returns it (a decorator)."""
+        if listener not in self._listeners:
+            self._listeners = (*self._listeners, listener)
+        return listener
+
+    def disconnect(self, listener: Callable[[E], object]) -> None:
+        self._listeners = tuple(known for known in self._listeners if known != listener)
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def __repr__(self) -> str:
+        return f"<Signal {self.name}: {len(self._listeners)} listeners>"
+
+    def send(self, event: E) -> None:
+        """Call every listener with ``event``; a listener's exception is logged, never raised."""
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("a listener of %s failed", self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitOfWorkBegan:
+    """A unit of work began in ``task``; ``unit`` is the same object in its end's event."""
+
+    unit: object
+    entry: Entry
+    readonly: bool
+    task: asyncio.Task[object]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitOfWorkEnded:
+    """A unit of work ended: its entry point, its outcome, and what decided it."""
+
+    unit: object
+    entry: Entry
+    readonly: bool
+    task: asyncio.Task[object]
+    outcome: Outcome
+    status: int | None
+    """The request's final status, for a request's unit."""
+    error: BaseException | None
+    """The error that decided the outcome (a failed COMMIT, a conflict or outage seen)."""
+    commit_seconds: float | None
+    """How long the flush, the COMMIT and the connection's return took; ``None`` when no
+    COMMIT was attempted."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCheckout:
+    """A connection was checked out of ``pool`` after ``waited`` seconds, or not (a timeout)."""
+
+    pool: Pool
+    waited: float
+    timed_out: bool
+    checked_out: int
+    """Connections the pool has out now (this one included)."""
+    overflow: int
+    """Connections open beyond the pool's size now."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCheckin:
+    """A connection went back to ``pool``."""
+
+    pool: Pool
+    checked_out: int
+    overflow: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriterQueued:
+    """The number of writers waiting at the SQLite writer gate of ``database`` changed."""
+
+    database: str
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriterAdmitted:
+    """A writer got through the SQLite writer gate of ``database`` after ``waited`` seconds."""
+
+    database: str
+    waited: float
+
+
+unit_began: Signal[UnitOfWorkBegan] = Signal("unit_began")
+unit_ended: Signal[UnitOfWorkEnded] = Signal("unit_ended")
+pool_checkout: Signal[PoolCheckout] = Signal("pool_checkout")
+pool_checkin: Signal[PoolCheckin] = Signal("pool_checkin")
+writer_queued: Signal[WriterQueued] = Signal("writer_queued")
+writer_admitted: Signal[WriterAdmitted] = Signal("writer_admitted")
+
+entry_point: ContextVar[Entry] = ContextVar("service_db_entry_point", default="script")
+"""The entry point of the units of work begun in this context (``running_as``)."""
+
+
+@contextmanager
+def running_as(entry: Entry) -> Iterator[None]:
+    """Label the units of work begun inside the block (in this task) with ``entry``."""
+    token = entry_point.set(entry)
+    try:
+        yield
+    finally:
+        entry_point.reset(token)
+
+
+# What the layer's modules call: each is one marked line where it is used.
+
+
+def began(unit: UnitOfWork) -> None:
+    """``unit`` has begun (``UnitOfWork.begin``)."""
+    unit_began.send(UnitOfWorkBegan(unit, unit.entry, unit.readonly, unit.task))
+
+
+def ended(
+    unit: UnitOfWork,
+    session: AsyncSession | None,
+    commit: bool,
+    status: int | None,
+    failure: BaseException | None,
+    started: float,
+    /,
+) -> None:
+    """``unit`` has ended (``UnitOfWork.end``): classify, and send ``unit_ended``.
+
+    ``commit``: whether a COMMIT was still to be attempted once the flush was done (so
+    ``False`` after a failed flush); ``failure``: what ``end`` raised; ``started``: when
+    ``end`` began (``time.perf_counter()``).
+    """
+    outcome, error = _classify(session, commit, status, failure)
+    # A read-only unit on PostgreSQL ran its statements in autocommit: it sends no COMMIT.
+    attempted = commit and session is not None and not (unit.readonly and autocommits(unit.bind))
+    seconds = time.perf_counter() - started if attempted else None
+    unit_ended.send(
+        UnitOfWorkEnded(unit, unit.entry, unit.readonly, unit.task, outcome, status, error, seconds)
+    )
+
+
+def _classify(
+    session: AsyncSession | None,
+    commit: bool,
+    status: int | None,
+    failure: BaseException | None,
+) -> tuple[Outcome, BaseException | None]:
+    if session is None:
+        return "unused", None
+    if isinstance(failure, asyncio.CancelledError):
+        # Cancelled while ending: a COMMIT under way ran to completion all the same
+        # (shielded), and what it raised, if anything, is the cancellation's cause.
+        if not commit:
+            return "rolled_back_exception", None
+        failure = failure.__cause__
+    if isinstance(failure, RolledBackError):
+        # An earlier failure, caught by the handler, had rolled the writes back: that
+        # failure is the outcome's cause, and a handler's exception if nothing else.
+        return _failed(failure.cause) or "rolled_back_exception", failure.cause
+    if failure is not None:  # the flush or the COMMIT failed
+        return _failed(failure) or "failed_commit", failure
+    if commit:
+        return "committed", None
+    seen = session.info.get(_SEEN)
+    kind = _failed(seen) if seen is not None else None
+    if kind is not None:
+        return kind, seen
+    return ("rolled_back_status" if status is not None else "rolled_back_exception"), None
+
+
+def _failed(error: BaseException) -> Outcome | None:
+    if isinstance(error, (IntegrityError, StaleDataError)):
+        return "conflict"
+    if isinstance(error, DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        if sqlstate in _CONFLICT_SQLSTATES:
+            return "conflict"
+    if is_outage(error):
+        return "outage"
+    return None
+
+
+def seen(error: BaseException) -> None:
+    """Remember ``error`` as the last database error of the current unit of work."""
+    unit = current_unit_of_work()
+    if unit is not None and unit.session is not None:
+        unit.session.info[_SEEN] = error
+
+
+def handle_error(context: ExceptionContext) -> None:
+    """The engines' ``handle_error`` listener: a statement's (or a connection's) error."""
+    seen(context.sqlalchemy_exception or context.original_exception)
+
+
+class writer_waiting:  # noqa: N801 - reads as a function, like contextlib's
+    """Around a writer's wait at the SQLite gate: the queue's length, and the wait."""
+
+    __slots__ = ("_counts", "_database", "_started")
+
+    _waiting: dict[str, int] = {}
+
+    def __init__(self, database: str) -> None:
+        self._database = database
+        self._counts = bool(writer_queued)
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        if self._counts:
+            waiting = self._waiting[self._database] = self._waiting.get(self._database, 0) + 1
+            writer_queued.send(WriterQueued(self._database, waiting))
+        if writer_admitted:
+            self._started = time.perf_counter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._counts:
+            waiting = self._waiting[self._database] = self._waiting[self._database] - 1
+            writer_queued.send(WriterQueued(self._database, waiting))
+        if writer_admitted and exc_info[0] is None:
+            writer_admitted.send(
+                WriterAdmitted(self._database, time.perf_counter() - self._started)
+            )

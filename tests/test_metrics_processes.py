@@ -1,0 +1,61 @@
+"""The endpoint under real Hypercorn with two worker processes: every scrape sums both."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import httpx
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from bench.ledger_load import prepare_database
+from bench.servers import Server, free_port
+from tests.test_metrics import parse, value
+
+REQUESTS = 120
+
+
+async def test_two_workers_figures_are_summed_in_every_scrape(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/metered.db"
+    await prepare_database(url)
+    metrics_port = free_port()
+    server = Server(
+        "metered",
+        "service.app:app",
+        {"DATABASE_URL": url, "METRICS_PORT": str(metrics_port), "ACCESS_LOG": "false"},
+        tmp_path,
+        workers=2,
+        options=("--bind", f"127.0.0.1:{metrics_port}"),
+    )
+    try:
+        await asyncio.to_thread(server.wait_ready, "/readyz")
+        # A connection per request, many at once: the kernel hands them to both workers.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=30) as client:
+            sent = [client.get("/healthz") for _ in range(REQUESTS)]
+            statuses = [response.status_code for response in await asyncio.gather(*sent)]
+            assert (await client.get("/metrics")).status_code == 404  # not on the API's port
+        assert statuses == [200] * REQUESTS
+        metrics_base = f"http://127.0.0.1:{metrics_port}"
+        async with httpx.AsyncClient(base_url=metrics_base, limits=limits, timeout=30) as client:
+            scrapes = [await client.get("/metrics") for _ in range(6)]
+    finally:
+        await asyncio.to_thread(server.stop)
+
+    name, labels = "service_http_requests_total", {"method": "GET", "route": "/healthz"}
+    for scrape in scrapes:  # whichever worker answered, it counted both workers' requests
+        assert scrape.status_code == 200
+        assert value(parse(scrape.text), name, **labels, status="200") == REQUESTS
+    # Both workers served some: each wrote its own counts, in the directory the service kept
+    # for this server (named after Hypercorn's parent process).
+    [directory] = (Path(tempfile.gettempdir()) / "service-metrics").glob(f"{server.process.pid}-*")
+    served = {}
+    for counts in directory.glob("counter_*.db"):
+        pid = counts.stem.removeprefix("counter_")
+        for family in MultiProcessCollector.merge([str(counts)]):  # type: ignore[no-untyped-call]
+            for sample in family.samples:
+                if sample.name == name and sample.labels.get("route") == "/healthz":
+                    served[pid] = sample.value
+    assert len(served) == 2 and min(served.values()) > 0, served
+    assert sum(served.values()) == REQUESTS
