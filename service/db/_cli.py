@@ -65,7 +65,9 @@ def in_unit_of_work(body: Callable[_P, Awaitable[_T]], *, setting: Setting) -> C
     @functools.wraps(body)
     def callback(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
-            return _runner(_run(body, setting, *args, **kwargs))  # type: ignore[no-any-return]
+            # The setting is made here, in click's thread, where its context is.
+            around = setting()
+            return _runner(_run(body, around, *args, **kwargs))  # type: ignore[no-any-return]
         except _Exiting as exiting:
             raise exiting.exit from None
 
@@ -73,7 +75,10 @@ def in_unit_of_work(body: Callable[_P, Awaitable[_T]], *, setting: Setting) -> C
 
 
 async def _run(
-    body: Callable[_P, Awaitable[_T]], setting: Setting, *args: _P.args, **kwargs: _P.kwargs
+    body: Callable[_P, Awaitable[_T]],
+    around: AbstractAsyncContextManager[Bind | None],
+    *args: _P.args,
+    **kwargs: _P.kwargs,
 ) -> _T:
     successful_exit: list[click.exceptions.Exit | SystemExit] = []
 
@@ -87,7 +92,7 @@ async def _run(
             successful_exit.append(exit)
             return None
 
-    async with setting() as bind:
+    async with around as bind:
         with _events.running_as("cli"):  # events: the entry point of the command's unit
             result = await unit_of_work(bind=bind, retries=RETRIES)(attempt)()
     if successful_exit:

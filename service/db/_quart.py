@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 from quart import Quart, Request, current_app, request
 from quart.cli import ScriptInfo
-from quart.signals import appcontext_pushed, got_request_exception, request_started
+from quart.signals import (
+    appcontext_pushed,
+    got_request_exception,
+    request_started,
+    websocket_started,
+)
 from quart.typing import ResponseTypes
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +33,12 @@ from werkzeug.exceptions import (
 from service.db._cli import in_unit_of_work
 from service.db._engine import engine_options, make_engine
 from service.db._outage import OUTAGE_ERRORS, is_outage
-from service.db._quart_context import EXTENSION, detach_background_task, install
+from service.db._quart_context import (
+    EXTENSION,
+    detach_background_task,
+    install,
+    websocket_entry,
+)
 from service.db._session import RolledBackError, current_unit_of_work, session
 from service.db._unit_of_work import UnitOfWork
 
@@ -128,6 +138,7 @@ class Database:
         app.before_serving_funcs.insert(0, hooks.start)
         app.after_serving(hooks.stop)  # moved last when serving starts (``start``)
         appcontext_pushed.connect(detach_background_task, sender=app, weak=False)
+        websocket_started.connect(websocket_entry, sender=app, weak=False)
         # The unit of work begins when the request starts, before every before_request
         # hook and URL value preprocessor, whatever order they were registered in.
         request_started.connect(hooks.begin_request, sender=app, weak=False)
@@ -239,12 +250,16 @@ class _RequestHooks:
             await unit.end(commit=False)
 
 
-@asynccontextmanager
-async def _app_context() -> AsyncIterator[None]:
+def _app_context() -> AbstractAsyncContextManager[None]:
     """A command's setting: the app the CLI loaded, its context, its engine (by default)."""
     app = click.get_current_context().ensure_object(ScriptInfo).load_app()
-    async with app.app_context():
-        yield None
+
+    @asynccontextmanager
+    async def around() -> AsyncIterator[None]:
+        async with app.app_context():
+            yield None
+
+    return around()
 
 
 def _streams_body(app: Quart, request: Request) -> bool:

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from quart import current_app, has_app_context, has_request_context, has_websocket_context
 
+from service.db import _events
 from service.db._engine import engine_for_loop, engine_options
 from service.db._session import Bind, _current, add_context
 
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["EXTENSION", "detach_background_task", "install"]
+__all__ = ["EXTENSION", "detach_background_task", "install", "websocket_entry"]
 
 EXTENSION = "service.db"
 """The key of a ``Database``'s per-app state in ``app.extensions``."""
@@ -90,9 +91,17 @@ async def detach_background_task(sender: Quart, **extra: Any) -> None:
     writes, and on SQLite it could not write while the request holds the lock.
     Instead it waits for that unit of work to end, then leaves it.
     """
-    unit = _current.get()
     task = asyncio.current_task()
-    if unit is None or unit.task is task or task not in sender.background_tasks:
+    if task not in sender.background_tasks:
+        return
+    _events.entry_point.set("background")  # events: this task's units of work
+    unit = _current.get()
+    if unit is None or unit.task is task:
         return
     await unit.wait_ended()
     _current.set(None)
+
+
+async def websocket_entry(sender: Quart, **extra: Any) -> None:
+    """``websocket_started``: the socket's units of work are the "websocket" entry point."""
+    _events.entry_point.set("websocket")

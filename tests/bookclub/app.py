@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import click
 from quart import Quart, Response, abort, request, websocket
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy import update as core_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -68,6 +69,21 @@ def create_app(config: Mapping[str, Any]) -> Quart:
     async def open_audit() -> None:
         if app.config.get("AUDIT_DATABASE_URL"):
             audit["engine"] = make_engine(app.config["AUDIT_DATABASE_URL"])
+
+    pool: dict[str, float] = {"checked_in_at": 0.0}
+
+    @app.before_serving
+    async def watch_the_pool() -> None:
+        def checked_in(*args: object) -> None:
+            pool["checked_in_at"] = time.time()
+
+        event.listen(db.engine.sync_engine, "checkin", checked_in)
+
+    @app.get("/pool")
+    async def pool_status() -> dict[str, Any]:
+        """The pool as its events saw it: for the streaming test (uses no connection)."""
+        checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+        return {"checked_out": checked_out, "checked_in_at": pool["checked_in_at"]}
 
     @app.after_serving
     async def close_audit() -> None:

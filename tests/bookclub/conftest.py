@@ -121,9 +121,9 @@ async def served_club(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The club in a Hypercorn process (its jobs in its own dispatcher); a client of it."""
     env = {
-        "DATABASE_URL": service_database_url,
-        "AUDIT_DATABASE_URL": audit_database_url,
-        "JOBS_BACKEND": "background",
+        "CLUB_DATABASE_URL": service_database_url,
+        "CLUB_AUDIT_DATABASE_URL": audit_database_url,
+        "CLUB_JOBS_BACKEND": "background",
     }
     server = Server("bookclub", "tests.bookclub.served:app", env, tmp_path_factory.mktemp("log"))
     try:

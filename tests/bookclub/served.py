@@ -1,5 +1,9 @@
-"""The book club served by Hypercorn: ``hypercorn tests.bookclub.served:app``, configured by
-the environment (``DATABASE_URL``, ``AUDIT_DATABASE_URL``, ``JOBS_BACKEND``)."""
+"""The book club served by Hypercorn: ``hypercorn tests.bookclub.served:app``.
+
+Configured by ``CLUB_DATABASE_URL``, ``CLUB_AUDIT_DATABASE_URL`` and ``CLUB_JOBS_BACKEND``,
+which become the app's ``DATABASE_URL``, ... : the app's configuration, not the environment's
+``DATABASE_URL``, is what its units of work use.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from tests.bookclub.app import create_app
 
 app = create_app(
     {
-        key: os.environ[key]
+        key: os.environ[f"CLUB_{key}"]
         for key in ("DATABASE_URL", "AUDIT_DATABASE_URL", "JOBS_BACKEND")
-        if key in os.environ
+        if f"CLUB_{key}" in os.environ
     }
 )
