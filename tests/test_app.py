@@ -132,12 +132,15 @@ async def test_a_request_before_serving_starts_fails_clearly() -> None:
 def test_the_layer_exports_a_small_public_surface() -> None:
     assert service.db.__all__ == [
         "Database",
+        "KeysetPage",
         "Model",
         "NotLoadedError",
+        "Page",
         "Query",
         "RolledBackError",
         "UTCDateTime",
         "UnitOfWorkError",
+        "events",
         "make_engine",
         "on_commit",
         "session",

@@ -32,6 +32,7 @@ async def _pytest(ci: str) -> tuple[int, str]:
 
 
 @pytest.mark.service_committing  # touches no database of its own; no outer transaction needed
+@pytest.mark.timeout(180)  # a pytest run of its own: slow on a busy machine
 async def test_an_unreachable_database_fails_the_run_under_ci() -> None:
     code, output = await _pytest(ci="true")
     assert code == 1, output

@@ -7,6 +7,7 @@ from service.db import _events as events
 from service.db._engine import make_engine
 from service.db._loading import NotLoadedError
 from service.db._model import Model
+from service.db._pages import KeysetPage, Page
 from service.db._quart import Database, streaming_body
 from service.db._query import Query
 from service.db._session import RolledBackError, UnitOfWorkError, session
@@ -15,8 +16,10 @@ from service.db._unit_of_work import on_commit, unit_of_work
 
 __all__ = [
     "Database",
+    "KeysetPage",
     "Model",
     "NotLoadedError",
+    "Page",
     "Query",
     "RolledBackError",
     "UTCDateTime",

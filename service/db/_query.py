@@ -290,13 +290,24 @@ class Query(Generic[_M]):
 
     async def update(self, **values: Any) -> int:
         """``UPDATE`` every matching row at once; the count. Loaded objects are kept in step."""
-        statement = update(self.model).where(*self._criteria("update")).values(**values)
-        return int(getattr(await session.execute(statement), "rowcount", 0))
+        statement = (
+            update(self.model)
+            .where(*self._criteria("update"))
+            .values(**values)
+            .execution_options(synchronize_session="fetch")
+        )
+        result = await session.execute(statement, self._params or None)
+        return int(getattr(result, "rowcount", 0))
 
     async def delete(self) -> int:
         """``DELETE`` every matching row at once; the count. Loaded objects are kept in step."""
-        statement = delete(self.model).where(*self._criteria("delete"))
-        return int(getattr(await session.execute(statement), "rowcount", 0))
+        statement = (
+            delete(self.model)
+            .where(*self._criteria("delete"))
+            .execution_options(synchronize_session="fetch")
+        )
+        result = await session.execute(statement, self._params or None)
+        return int(getattr(result, "rowcount", 0))
 
     def _criteria(self, what: str) -> list[Any]:
         if self._shape - {"ordered"}:
@@ -304,7 +315,7 @@ class Query(Generic[_M]):
                 f"{what}() changes every row the query's filters match: it cannot honour a "
                 "limit, an offset, a join or DISTINCT. Filter with where()/filter_by() only."
             )
-        where = self.statement.whereclause
+        where = self._statement.whereclause  # its values are bound at execution
         return [] if where is None else [where]
 
     def _primary_key(self) -> list[Any]:

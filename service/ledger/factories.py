@@ -1,4 +1,4 @@
-"""Test data factories of the ledger's models (``service.testing.factories`` underneath).
+"""Test data factories of the ledger's models (``service.db.factories`` underneath).
 
 ``await UserFactory.create_async(name="Ada")`` builds a user with plausible values
 for every other field and saves it; ``UserFactory.create_with_token()`` also gives
@@ -13,9 +13,9 @@ from typing import Any
 from polyfactory import PostGenerated, Use
 
 from service.db import unit_of_work
+from service.db.factories import ActiveRecordFactory
 from service.ledger.auth import issue
 from service.ledger.models import Account, User, utcnow
-from service.testing.factories import ActiveRecordFactory
 
 __all__ = ["AccountFactory", "UserFactory"]
 

@@ -20,7 +20,7 @@ enough. Every fixture is named ``service_*``:
 - ``@pytest.mark.service_committing``: the test uses real commits instead (for
   work across several connections); the tables are emptied after it.
 
-Data factories are in ``service.testing.factories``.
+Data factories are in ``service.db.factories``.
 
 Settings (pytest ini options): ``service_app_factory`` (``module:callable``
 taking a config mapping) and ``service_alembic_config`` (``alembic.ini`` in the

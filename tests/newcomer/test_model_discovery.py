@@ -127,6 +127,7 @@ async def empty_url(service_database_url: str, tmp_path: Path) -> AsyncIterator[
 
 
 @pytest.mark.service_committing  # the copy has databases of its own
+@pytest.mark.timeout(180)  # several processes of their own: slow on a busy machine
 async def test_a_new_model_module_is_known_to_alembic_the_cli_and_the_worker(
     tmp_path: Path, empty_url: str
 ) -> None:

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.db import unit_of_work
-from service.testing.factories import ActiveRecordFactory
+from service.db.factories import ActiveRecordFactory
 from tests.newcomer.models import Author, Book
 
 
