@@ -12,7 +12,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cli import main
 from service.db.testing import (
     CapturedCallbacks,
     assert_max_queries,
@@ -47,6 +46,8 @@ class Cli:
 
     async def invoke(self, *args: str, input: str | None = None) -> Result:
         """Run ``service *args``: exit code, output and exception as ``click.testing`` has them."""
+        from service.cli import main  # the service's, loaded only when a test asks for it
+
         loop = asyncio.get_running_loop()
 
         def on_the_tests_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
