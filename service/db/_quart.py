@@ -219,8 +219,8 @@ class _RequestHooks:
             await unit.end(commit=status < 400, status=status)
         except RolledBackError as error:
             logger.error(
-                "The handler of %s %s caught a %s after which the unit of work's earlier writes "
-                "were rolled back, then answered %d: answering with an error instead, nothing "
+                "The handler of %s %s caught %s, which had rolled back the unit of work's "
+                "earlier writes, then answered %d: answering with an error instead, nothing "
                 "was saved. Wrap the attempt in `async with unit_of_work():` (a savepoint) and "
                 "catch the error around it.",
                 request.method,

@@ -65,7 +65,7 @@ class RolledBackError(UnitOfWorkError):
     def __init__(self, cause: Exception) -> None:
         self.cause = cause
         super().__init__(
-            f"A {type(cause).__name__} rolled back this unit of work's earlier writes, and the "
+            f"{type(cause).__name__} rolled back this unit of work's earlier writes, and the "
             "code caught it and went on; nothing was committed. To contain a failure that the "
             "code handles, make the attempt in a savepoint: `async with unit_of_work(): ...` "
             "inside the unit of work, with the `try` around that block."

@@ -419,7 +419,7 @@ async def _end_savepoint(savepoint: AsyncSessionTransaction, *, failed: bool) ->
         await savepoint.rollback()
     if not failed and inside is not None:
         raise UnitOfWorkError(
-            f"A {type(inside).__name__} failed inside this savepoint (`async with "
+            f"{type(inside).__name__} was raised inside this savepoint (`async with "
             "unit_of_work():`), and the block caught it and went on: its writes were rolled "
             "back. Let the error leave the block, and catch it around the `async with`."
         ) from inside

@@ -17,6 +17,7 @@ Every way must give the expected outcome, so they also agree with each other.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -216,3 +217,42 @@ async def test_a_child_task_nobody_waits_for_commits_on_its_own_under_the_plugin
     assert await stored(Tag.name) == ["child:kim", "welcome"]
     # The test's shared transaction is intact: another request works.
     assert (await client.post("/members", json={"name": "lee"})).status_code == 201
+
+
+@pytest.mark.service_committing  # two requests at once: connections of their own
+async def test_two_concurrent_updates_of_one_row_one_wins_and_the_other_is_a_409(
+    club: Serve, plain_engine: AsyncEngine, service_database_url: str
+) -> None:
+    if service_database_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one writer at a time: the second reads the first's version")
+    async with plain_engine.begin() as connection:
+        await connection.execute(insert(Volume).values(id=VOLUME, title="Old", version=1))
+    _, client = await club()
+
+    answers = await asyncio.gather(
+        *(
+            client.patch(f"/volumes/{VOLUME}", json={"title": title, "pause": 0.3})
+            for title in ("First", "Second")
+        )
+    )
+
+    assert sorted(answer.status_code for answer in answers) == [200, 409]
+    async with plain_engine.connect() as connection:
+        version = await connection.scalar(select(Volume.version).where(Volume.id == VOLUME))
+    assert version == 2
+
+
+async def test_a_caught_failure_that_cost_earlier_writes_is_logged_with_the_fix(
+    club: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, client = await club()
+    await client.post("/members", json={"name": TAKEN})
+
+    with caplog.at_level(logging.ERROR, logger="service.db"):
+        response = await client.post("/claims/caught", json={"names": ["ann"], "duplicate": TAKEN})
+
+    assert response.status_code == 409
+    [record] = [r for r in caplog.records if "caught IntegrityError, which had rolled back" in r.getMessage()]
+    assert "POST /claims/caught" in record.getMessage()
+    assert "async with unit_of_work():" in record.getMessage()
+    assert record.exc_info is not None  # with the traceback of where it was raised and caught
