@@ -322,7 +322,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> PageFile |
 sybil = Sybil(
     parsers=[CodeBlocks(), SkipParser(), ClearNamespaceParser()],
     path=str(ROOT),
-    patterns=["README.md", "docs/**/*.md"],
+    patterns=["README.md", "docs/*.md", "docs/*/*.md"],
+    excludes=["docs/benchmarks/*/*.md"],
     fixtures=["docs_page"],
     document_types={".md": PageModule},
 )
