@@ -49,9 +49,10 @@ lint: install $(BENCH_STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# The documentation site (docs/, mkdocs.yml) into site/; any warning fails the build.
+# The documentation site (docs/, mkdocs.yml) into site/; any warning fails the build. (The
+# variable silences Material's banner about its future, printed on every build.)
 docs: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 format: install
 	$(BIN)/ruff check --fix $(LINTED)

@@ -7,7 +7,7 @@ A page is read top to bottom as one module; each example is a test item, in orde
   task of its own. A block is made to fail with ``assert``.
 - A block with a file name (```` ```python title="app.py" ````, any language) is written to
   the page's own directory instead, for a later block to use (``docs_page.path``).
-- A ``console`` block is a shell session: each ``$ `` line (with ``\\`` continuations) runs
+- A ``console`` block is a shell session: each ``$ `` line (with ``\\`` and ``> `` continuations) runs
   in one bash, in the page's directory, and what it prints must match the lines below it
   (``...`` matches anything, as in doctest). ``http://127.0.0.1:8000`` in a command is the
   service the page served with ``await docs_page.serve_service()``.
@@ -45,6 +45,7 @@ from quart import Quart
 from sqlalchemy import Table
 from sybil import Document, Example, Region, Sybil
 from sybil.evaluators.python import pad
+from _pytest._code.code import Traceback
 from sybil.integration.pytest import SybilFile, SybilItem
 from sybil.parsers.markdown import ClearNamespaceParser, SkipParser
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, FencedCodeBlockLexer
@@ -108,14 +109,14 @@ class Page:
         self.env = environment
         await self.shell("service db upgrade")
         port = _free_port()
-        log = (self.path / "service.log").open("wb")
-        process = subprocess.Popen(
-            ["service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=self.path,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.path / "service.log").open("wb") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                ["service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=self.path,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self._processes.append(process)
         self.base_url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(_wait_ready, f"{self.base_url}/healthz", process)
@@ -212,7 +213,7 @@ def run_console(example: Example) -> None:
     __tracebackhide__ = True
     page = _page(example)
     steps = _session(example.parsed)
-    script = ["set -e"]
+    script = []  # no `set -e`: a command that fails shows its error, as it would to the reader
     for command, _ in steps:
         if page.base_url is not None:
             command = command.replace(SERVED, page.base_url)
@@ -235,8 +236,8 @@ def _session(text: str) -> list[tuple[str, str]]:
     steps: list[tuple[str, str]] = []
     continued = False
     for line in text.splitlines():
-        if continued:
-            steps[-1] = (steps[-1][0] + "\n" + line, "")
+        if continued:  # the shell's `> ` prompt, then the rest of the command
+            steps[-1] = (steps[-1][0] + "\n" + line.removeprefix("> "), "")
         elif line.startswith("$ "):
             steps.append((line[2:], ""))
         elif steps:
@@ -300,6 +301,12 @@ class PageItem(SybilItem):
     def setup(self) -> None:
         self._request._fillfixtures()
         self.example.namespace["docs_page"] = self.funcargs["docs_page"]
+
+    def _traceback_filter(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Traceback:
+        try:
+            return super()._traceback_filter(excinfo)
+        except IndexError:  # Sybil's filter expects a frame of the example's own
+            return excinfo.traceback
 
 
 class PageFile(SybilFile):
