@@ -7,4 +7,3 @@ file whether to collect it.
 from tests.docs.examples import docs_page, pytest_collect_file
 
 __all__ = ["docs_page", "pytest_collect_file"]
-

@@ -213,7 +213,8 @@ async def create_deposit(account_id: int, data: Movement) -> Reply:
 async def create_withdrawal(account_id: int, data: Movement) -> Reply:
     """Take money out of an account.
 
-    Never below a balance of 0: a 422 `insufficient_funds`. Repeating the request with the same `Idempotency-Key` replays the first answer.
+    Never below a balance of 0: a 422 `insufficient_funds`. Repeating the request with the
+    same `Idempotency-Key` replays the first answer.
     """
     return await _move(money.withdraw, account_id, data)
 

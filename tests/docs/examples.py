@@ -7,8 +7,9 @@ A page is read top to bottom as one module; each example is a test item, in orde
   task of its own. A block is made to fail with ``assert``.
 - A block with a file name (```` ```python title="app.py" ````, any language) is written to
   the page's own directory instead, for a later block to use (``docs_page.path``).
-- A ``console`` block is a shell session: each ``$ `` line (with ``\\`` and ``> `` continuations) runs
-  in one bash, in the page's directory, and what it prints must match the lines below it
+- A ``console`` block is a shell session: each ``$ `` line (continued after a ``\\`` on
+  lines starting ``> ``) runs in one bash, in the page's directory, and what it prints must
+  match the lines below it
   (``...`` matches anything, as in doctest). ``http://127.0.0.1:8000`` in a command is the
   service the page served with ``await docs_page.serve_service()``.
 - ``<!-- invisible-code-block: python ... -->`` runs code the reader does not see (setup,
@@ -37,15 +38,15 @@ import types
 import urllib.request
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
+from _pytest._code.code import Traceback
 from quart import Quart
 from sqlalchemy import Table
 from sybil import Document, Example, Region, Sybil
 from sybil.evaluators.python import pad
-from _pytest._code.code import Traceback
 from sybil.integration.pytest import SybilFile, SybilItem
 from sybil.parsers.markdown import ClearNamespaceParser, SkipParser
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, FencedCodeBlockLexer
@@ -78,7 +79,7 @@ class Page:
         self.base_url: str | None = None
         self._tables: list[Table] = []
         self._apps: list[Any] = []
-        self._processes: list[subprocess.Popen[bytes]] = []
+        self._processes: list[asyncio.subprocess.Process] = []
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run a block's coroutine on the session's loop (idle between tests)."""
@@ -86,11 +87,11 @@ class Page:
 
     async def create_tables(self, *models: type[Model]) -> None:
         """Create the tables of a page's own models (dropped after the page)."""
-        tables = [model.__table__ for model in models]
+        tables = [cast(Table, model.__table__) for model in models]
         async with self.database.engine.begin() as connection:
             for table in tables:
-                await connection.run_sync(table.create)  # type: ignore[arg-type]
-        self._tables += tables  # type: ignore[arg-type]
+                await connection.run_sync(table.create)
+        self._tables += tables
 
     async def serve(self, app: Quart) -> None:
         """Start serving ``app`` (its lifespan, as Hypercorn would); stopped after the page."""
@@ -110,8 +111,13 @@ class Page:
         await self.shell("service db upgrade")
         port = _free_port()
         with (self.path / "service.log").open("wb") as log:  # the child keeps its own copy
-            process = subprocess.Popen(
-                ["service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            process = await asyncio.create_subprocess_exec(
+                "service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
                 cwd=self.path,
                 env=environment,
                 stdout=log,
@@ -119,7 +125,11 @@ class Page:
             )
         self._processes.append(process)
         self.base_url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(_wait_ready, f"{self.base_url}/healthz", process)
+        deadline = time.monotonic() + 30
+        while not await asyncio.to_thread(_answers, f"{self.base_url}/healthz"):
+            if process.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the service did not start: see {self.path}/service.log")
+            await asyncio.sleep(0.1)
 
     async def shell(self, command: str) -> str:
         """Run ``command`` in bash in the page's directory; its output, or a failure."""
@@ -141,12 +151,12 @@ class Page:
     async def close(self) -> None:
         for process in self._processes:
             process.terminate()
-            await asyncio.to_thread(process.wait, 10)
+            await process.wait()
         for test_app in reversed(self._apps):
             await test_app.shutdown()
         async with self.database.engine.begin() as connection:
             for table in reversed(self._tables):
-                await connection.run_sync(table.drop)  # type: ignore[arg-type]
+                await connection.run_sync(table.drop)
             for table in reversed(self.database.tables):
                 await connection.execute(table.delete())
         shutil.rmtree(self.path, ignore_errors=True)
@@ -159,17 +169,12 @@ def _free_port() -> int:
         return port
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the service exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the service did not answer {url} within 30 s")
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class PageModule(Document):
