@@ -58,7 +58,7 @@ async def test_the_docs_page_lists_every_operation_and_tries_healthz(
         (method.upper(), path) for path, methods in spec["paths"].items() for method in methods
     }
     groups = {
-        (operation["tags"][0], method.upper(), path, operation["summary"])
+        (operation.get("tags", ["default"])[0], method.upper(), path, operation.get("summary"))
         for path, methods in spec["paths"].items()
         for method, operation in methods.items()
     }
