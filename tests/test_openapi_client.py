@@ -39,8 +39,8 @@ def generated(tmp_path: Path) -> Iterator[Path]:
 
 
 async def _generate(service_client: Client, where: Path) -> str:
-    document = await (await service_client.get("/openapi.json")).get_data()
-    (where / "openapi.json").write_bytes(document)
+    document = await (await service_client.get("/openapi.json")).get_data(as_text=True)
+    (where / "openapi.json").write_text(document)
     process = await asyncio.create_subprocess_exec(
         str(BIN / "openapi-python-client"),
         "generate",
@@ -86,7 +86,8 @@ async def test_a_generated_client_runs_a_flow_and_parses_an_error(
     create_withdrawal = _module(f"{api}.movements.create_withdrawal")
     package: Any = importlib.import_module(PACKAGE)
 
-    transport = httpx.ASGITransport(app=service_app)  # the serving app, in this test's loop
+    asgi: Any = service_app  # Quart's ASGI types are narrower than httpx's
+    transport = httpx.ASGITransport(app=asgi)  # the serving app, in this test's loop
     base = "http://ledger.test"
     async with package.Client(base_url=base, httpx_args={"transport": transport}) as client:
         registered = await create_user.asyncio_detailed(
