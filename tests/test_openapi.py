@@ -200,3 +200,20 @@ async def test_the_docs_page_is_html_with_a_doctype_and_every_asset_served_by_th
     assert "max-age" in script.headers["Cache-Control"]  # assets may be cached; answers not
     assert (await service_client.get("/docs/assets/../../config.py")).status_code == 404
     assert (await service_client.get("/docs/assets/index.html")).status_code == 404
+
+
+async def test_a_documented_name_pattern_means_the_same_in_every_regex_engine(
+    service_client: Client,
+) -> None:
+    """`\\s` is U+0085 to pydantic's engine and U+FEFF to JSON Schema's: spelt out instead, so a
+    name the document allows is a name the service accepts (schemathesis found one that was not).
+    """
+    spec = await _spec(service_client)
+    pattern = spec["components"]["schemas"]["NewUser"]["properties"]["name"]["pattern"]
+    assert "\\s" not in pattern
+    for name, accepted in (("Ada\u0085", False), ("\ufeffAda", False), ("A\u0085da", True)):
+        assert (re.fullmatch(pattern, name) is not None) is accepted, repr(name)
+        response = await service_client.post(
+            "/users", json={"name": name, "email": f"u{len(name)}{accepted}@example.com"}
+        )
+        assert (response.status_code == 201) is accepted, (repr(name), response.status_code)
