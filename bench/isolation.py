@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.databases import ensure_postgres_database  # noqa: E402
 from service.db import Model, make_engine, unit_of_work  # noqa: E402
 from service.db.testing import rolled_back  # noqa: E402
-from service.ledger.models import Account  # noqa: E402
 from service.ledger.factories import AccountFactory, UserFactory  # noqa: E402
+from service.ledger.models import Account  # noqa: E402
 
 THRESHOLD = 20.0
 POSTGRES_URL = os.environ.get(

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from quart import Quart, Response, current_app
-from quart_schema import Info, QuartSchema, security_scheme, validate_response
+from quart_schema import Info, QuartSchema, operation_id, security_scheme, tag, validate_response
 from sqlalchemy import text
 
 from service import logs, metrics, modules, security, serialization, tracing
@@ -73,6 +73,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     tracing.init_app(app, db)
 
     @app.get("/healthz")
+    @tag(["Health"])
+    @operation_id("check_health")
     @security_scheme([])  # documented as open, like /readyz: probes carry no token
     @validate_response(Health)
     async def healthz() -> Health:
@@ -80,11 +82,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         return Health()
 
     @app.get("/readyz")
+    @tag(["Health"])
+    @operation_id("check_readiness")
     @security_scheme([])
     @validate_response(Readiness)
     @documents_errors(503)
     async def readyz() -> Readiness | Response:
-        """The database answers within READINESS_TIMEOUT seconds."""
+        """Whether the database answers.
+
+        Within `READINESS_TIMEOUT` seconds, or the answer is a 503.
+        """
         try:
             async with asyncio.timeout(current_app.config["READINESS_TIMEOUT"]):
                 async with db.engine.connect() as connection:

@@ -1,5 +1,6 @@
 """/docs in a real browser (Debian's chromium, driven by Playwright), offline, against the
-app served by Hypercorn: every operation is listed, and "Try it out" on GET /healthz gets 200.
+app served by Hypercorn: every operation is listed in its tag's group, with its summary; a
+description's Markdown is rendered; and "Try it out" on GET /healthz gets 200.
 
 The Makefile installs chromium when it is missing; Playwright's own browser downloads are never
 used. Without chromium the test is skipped, except with ``CI=true``, where it fails.
@@ -56,6 +57,11 @@ async def test_the_docs_page_lists_every_operation_and_tries_healthz(
     operations = {
         (method.upper(), path) for path, methods in spec["paths"].items() for method in methods
     }
+    groups = {
+        (operation.get("tags", ["default"])[0], method.upper(), path, operation.get("summary"))
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+    }
     requested: list[str] = []
 
     async with async_playwright() as playwright:
@@ -72,6 +78,27 @@ async def test_the_docs_page_lists_every_operation_and_tries_healthz(
                 method = (await block.locator(".opblock-summary-method").inner_text()).strip()
                 path = await block.locator(".opblock-summary-path").get_attribute("data-path")
                 listed.add((method.upper(), path))
+            shown = set()
+            sections = page.locator(".opblock-tag-section")
+            for index in range(await sections.count()):
+                section = sections.nth(index)
+                name = await section.locator("h3.opblock-tag").get_attribute("data-tag")
+                blocks = section.locator(".opblock-summary")
+                for number in range(await blocks.count()):
+                    block = blocks.nth(number)
+                    method = (await block.locator(".opblock-summary-method").inner_text()).strip()
+                    path = await block.locator(".opblock-summary-path").get_attribute("data-path")
+                    summary = await block.locator(".opblock-summary-description").inner_text()
+                    shown.add((name, method.upper(), path, summary.strip()))
+
+            statement = page.locator(
+                ".opblock-get",
+                has=page.locator('.opblock-summary-path[data-path="/statements/{statement_id}"]'),
+            )
+            await statement.locator(".opblock-summary").click()
+            rendered = statement.locator(".opblock-description-wrapper code")
+            await rendered.first.wait_for()
+            codes = await rendered.all_inner_texts()
 
             healthz = page.locator(
                 ".opblock-get", has=page.locator('.opblock-summary-path[data-path="/healthz"]')
@@ -87,6 +114,18 @@ async def test_the_docs_page_lists_every_operation_and_tries_healthz(
             await browser.close()
 
     assert listed == operations and len(operations) >= 16
+    # Grouped by tag ("default" is what an operation without one would be under), each with
+    # its summary, and a description's `code` rendered as code, not as literal backticks.
+    assert shown == groups
+    assert {name for name, *_ in shown} == {
+        "Users",
+        "Tokens",
+        "Accounts",
+        "Movements",
+        "Statements",
+        "Health",
+    }
+    assert {"pending", "ready", "failed"} <= set(codes)
     assert answered == "200"
     assert '"status": "ok"' in body
     # Offline: the page, its assets and the document all came from the app itself.

@@ -9,7 +9,9 @@ from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import (
     document_response,
+    operation_id,
     security_scheme,
+    tag,
     validate_querystring,
     validate_request,
     validate_response,
@@ -81,6 +83,7 @@ def _email_taken() -> ApiError:
 
 
 @api.post("/users")
+@tag(["Users"])
 @security_scheme([])  # registering needs no token
 @validate_request(NewUser)
 @validate_response(NewUserOut, 201)
@@ -101,13 +104,17 @@ async def create_user(data: NewUser) -> tuple[NewUserOut, int]:
 
 
 @api.get("/users/me")
+@tag(["Users"])
+@operation_id("get_current_user")
 @validate_response(UserOut)
 @documents_errors(*READ)
 async def me() -> UserOut:
+    """The user the token belongs to."""
     return UserOut.model_validate(await current_user(), from_attributes=True)
 
 
 @api.post("/tokens")
+@tag(["Tokens"])
 @validate_request(NewToken)
 @validate_response(NewTokenOut, 201)
 @documents_errors(*WRITE)
@@ -121,6 +128,7 @@ async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
 
 
 @api.get("/tokens")
+@tag(["Tokens"])
 @validate_response(TokenList)
 @documents_errors(*READ)
 async def list_tokens() -> TokenList:
@@ -130,6 +138,7 @@ async def list_tokens() -> TokenList:
 
 
 @api.delete("/tokens/<int:token_id>")
+@tag(["Tokens"])
 @document_response(NoContent, 204)
 @documents_errors(*READ_ONE)
 async def revoke_token(token_id: int) -> tuple[str, int]:
@@ -144,10 +153,12 @@ async def revoke_token(token_id: int) -> tuple[str, int]:
 
 
 @api.post("/accounts")
+@tag(["Accounts"])
 @validate_request(NewAccount)
 @validate_response(AccountOut, 201)
 @documents_errors(*WRITE)
 async def create_account(data: NewAccount) -> tuple[AccountOut, int]:
+    """Open an account of the caller, in an ISO 4217 currency, with a balance of 0."""
     account = await Account.create(
         user_id=current_user_id(), name=data.name, currency=data.currency
     )
@@ -155,6 +166,7 @@ async def create_account(data: NewAccount) -> tuple[AccountOut, int]:
 
 
 @api.get("/accounts")
+@tag(["Accounts"])
 @validate_querystring(PageQuery)
 @validate_response(AccountPage)
 @documents_errors(*READ_PAGE)
@@ -171,26 +183,39 @@ async def list_accounts(query_args: PageQuery) -> AccountPage:
 
 
 @api.get("/accounts/<int:account_id>")
+@tag(["Accounts"])
 @validate_response(AccountOut)
 @documents_errors(*READ_ONE)
 async def get_account(account_id: int) -> AccountOut:
+    """One account of the caller, with its balance; another user's is a 404."""
     account = await money.owned_account(current_user_id(), account_id)
     return AccountOut.model_validate(account, from_attributes=True)
 
 
 @api.post("/accounts/<int:account_id>/deposits")
+@tag(["Movements"])
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
 @documents_errors(*WRITE_IN)
 async def create_deposit(account_id: int, data: Movement) -> Reply:
+    """Put money into an account.
+
+    Repeating the request with the same `Idempotency-Key` replays the first answer.
+    """
     return await _move(money.deposit, account_id, data)
 
 
 @api.post("/accounts/<int:account_id>/withdrawals")
+@tag(["Movements"])
 @validate_request(Movement)
 @validate_response(EntryOut, 201)
 @documents_errors(*WRITE_IN)
 async def create_withdrawal(account_id: int, data: Movement) -> Reply:
+    """Take money out of an account.
+
+    Never below a balance of 0: a 422 `insufficient_funds`. Repeating the request with the
+    same `Idempotency-Key` replays the first answer.
+    """
     return await _move(money.withdraw, account_id, data)
 
 
@@ -205,6 +230,7 @@ async def _move(operation: money.Operation, account_id: int, data: Movement) -> 
 
 
 @api.get("/accounts/<int:account_id>/entries")
+@tag(["Movements"])
 @validate_querystring(PageQuery)
 @validate_response(EntryPage)
 @documents_errors(*READ_PAGE, 404)
@@ -222,10 +248,16 @@ async def list_entries(account_id: int, query_args: PageQuery) -> EntryPage:
 
 
 @api.post("/transfers")
+@tag(["Movements"])
 @validate_request(NewTransfer)
 @validate_response(TransferOut, 201)
 @documents_errors(*WRITE_IN)
 async def create_transfer(data: NewTransfer) -> Reply:
+    """Move money between two accounts of the caller, in one transaction.
+
+    Both accounts must be in the same currency. Repeating the request with the same
+    `Idempotency-Key` replays the first answer.
+    """
     user_id = current_user_id()
 
     async def work() -> tuple[BaseModel, int]:
@@ -238,6 +270,7 @@ async def create_transfer(data: NewTransfer) -> Reply:
 
 
 @api.post("/accounts/<int:account_id>/statements")
+@tag(["Statements"])
 @validate_request(NewStatement)
 @validate_response(StatementOut, 202)
 @documents_errors(*WRITE_IN)
@@ -250,10 +283,14 @@ async def create_statement(account_id: int, data: NewStatement) -> tuple[Stateme
 
 
 @api.get("/statements/<int:statement_id>")
+@tag(["Statements"])
 @validate_response(StatementOut)
 @documents_errors(*READ_ONE)
 async def get_statement(statement_id: int) -> StatementOut:
-    """A statement: ``pending``, ``ready`` with its figures, or ``failed`` with a reason."""
+    """A statement of an account, with its figures once computed.
+
+    Its `status` is `pending`, `ready` with its figures, or `failed` with a reason.
+    """
     statement = None
     if 0 < statement_id < 2**31:
         statement = await Statement.query.filter_by(

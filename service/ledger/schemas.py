@@ -41,7 +41,10 @@ Amount = Annotated[
 NO_NUL = r"^[^\x00]*$"
 # Stored verbatim; a name that starts or ends with white space (or is nothing else) is refused,
 # rather than trimmed: what the schema documents is exactly what is accepted and stored.
-NAME = r"^[^\s\x00](?:[^\x00]*[^\s\x00])?$"
+# White space spelt out: `\s` means other characters to pydantic's regex engine (U+0085) than
+# to JSON Schema's (U+FEFF), and a client would then send names the schema allows and we refuse.
+_SPACE = r"\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NAME = rf"^[^{_SPACE}\x00](?:[^\x00]*[^{_SPACE}\x00])?$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME)]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 AccountId = Annotated[int, Field(strict=True, ge=1, le=2**31 - 1), _INTEGRAL]

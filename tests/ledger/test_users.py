@@ -120,7 +120,8 @@ async def test_the_openapi_document_and_docs_page_are_served(service_client: Cli
         spec["paths"]
     )
     deposit = spec["paths"]["/accounts/{account_id}/deposits"]["post"]
-    request_schema = deposit["requestBody"]["content"]["application/json"]["schema"]
+    reference = deposit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    request_schema = spec["components"]["schemas"][reference.rsplit("/", 1)[1]]
     assert request_schema["properties"]["amount"]["maximum"] == 10**12
     assert "201" in deposit["responses"]
     docs = await service_client.get("/docs")
