@@ -252,7 +252,8 @@ async def test_a_caught_failure_that_cost_earlier_writes_is_logged_with_the_fix(
         response = await client.post("/claims/caught", json={"names": ["ann"], "duplicate": TAKEN})
 
     assert response.status_code == 409
-    [record] = [r for r in caplog.records if "caught IntegrityError, which had rolled back" in r.getMessage()]
+    caught = "caught IntegrityError, which had rolled back"
+    [record] = [r for r in caplog.records if caught in r.getMessage()]
     assert "POST /claims/caught" in record.getMessage()
     assert "async with unit_of_work():" in record.getMessage()
     assert record.exc_info is not None  # with the traceback of where it was raised and caught
