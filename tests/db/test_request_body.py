@@ -58,6 +58,8 @@ def _hooked_app(url: str, **config: Any) -> Quart:
         await Widget.create(name=body["name"])
         return {"before": g.before}, 201
 
+    first_chunk_saved = app.extensions["first_chunk_saved"] = asyncio.Event()
+
     @authenticated.post("/streamed")
     @streaming_body
     async def streamed() -> tuple[dict[str, Any], int]:
@@ -66,6 +68,7 @@ def _hooked_app(url: str, **config: Any) -> Quart:
             if chunk:
                 chunks += 1
                 await Widget.create(name=f"chunk-{chunks}")  # before the body is complete
+                first_chunk_saved.set()
         return {"chunks": chunks}, 201
 
     app.register_blueprint(authenticated)
@@ -143,10 +146,10 @@ async def test_a_streaming_route_opts_out_and_may_use_the_database_as_the_body_a
 
     async with client.request("/streamed", method="POST") as connection:
         await connection.send(b"first")
-        for _ in range(500):  # up to 10 s: a first connection to a busy server takes a while
-            if checkouts:
-                break
-            await asyncio.sleep(0.02)
+        # Up to 10 s: a first connection to a busy server takes a while. The second chunk goes
+        # only once the first is saved, else the two may arrive as one.
+        async with asyncio.timeout(10):
+            await app.extensions["first_chunk_saved"].wait()
         assert checkouts  # the hooks ran, and the view wrote, with the body still open
         await connection.send(b"second")
         await connection.send_complete()
