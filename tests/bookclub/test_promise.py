@@ -88,6 +88,15 @@ SCENARIOS = [
              {"name": "jon", "fail": True}, 422, [TAKEN]),
     Scenario("a bulk update through the query", "POST", "/volumes/shelve",
              {"from": "open", "to": "closed"}, 200, [TAKEN], json={"moved": 1}),
+    Scenario("a page of a query, with its total", "GET", "/volumes?page=1&per_page=1", None,
+             200, [TAKEN],
+             json={"titles": ["Kept"], "total": 1, "pages": 1, "has_next": False}),
+    Scenario("a keyset page", "GET", "/volumes/after", None, 200, [TAKEN],
+             json={"titles": ["Kept"], "after": None}),
+    Scenario("a bulk delete through the query", "DELETE", "/tags?note=none", None, 200,
+             [TAKEN], json={"deleted": 0}),
+    Scenario("a streamed response reads in a unit of its own", "GET", "/members/export", None,
+             200, [TAKEN]),
 ]  # fmt: skip
 
 
