@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from service.app import db
 from service.db import session, unit_of_work
 from service.jobs import drain, enqueue
-from tests.db.app import make_test_app
 from tests.jobs import examples
+from tests.service_app import make_service_test_app
 
 PORT = 9464
 
@@ -40,7 +40,7 @@ async def create_then_fail_commit() -> ResponseReturnValue:
 
 
 def metered_app(url: str, **config: Any) -> Quart:
-    app = make_test_app(
+    app = make_service_test_app(
         {
             "DATABASE_URL": url,
             "TESTING": True,

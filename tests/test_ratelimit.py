@@ -16,7 +16,7 @@ import redis
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from tests.db.app import make_test_app
+from tests.service_app import make_service_test_app
 
 REDIS_URL = os.environ.get("TEST_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/14")
 LIMITS = {
@@ -37,7 +37,7 @@ def limited(service_app: Quart) -> Served:
 
     @asynccontextmanager
     async def serve(**config: Any) -> AsyncIterator[Client]:
-        app = make_test_app({**service_app.config, **LIMITS, **config})
+        app = make_service_test_app({**service_app.config, **LIMITS, **config})
         async with app.test_app():
             yield app.test_client()
 

@@ -1,4 +1,5 @@
-"""The service's app plus routes that exercise the layer from inside real requests."""
+"""The layer's own test app: a plain Quart app with ``Database``, and routes that exercise the
+layer from inside real requests. Nothing of the ledger."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Any
 from quart import Blueprint, Quart, abort, redirect, request
 from quart.typing import ResponseReturnValue
 from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
 
-from service.app import create_app, db
-from service.db import on_commit, session, unit_of_work
+from service.db import Database, on_commit, session, unit_of_work
 from tests.db.models import Part, Widget
 
 
@@ -27,6 +28,7 @@ class Probe:
 
 probe = Probe()
 routes = Blueprint("layer", __name__)
+db = Database()
 
 
 async def _name() -> str:
@@ -140,9 +142,17 @@ async def no_database() -> ResponseReturnValue:
     return {"ok": True}
 
 
-def make_test_app(config: Mapping[str, Any]) -> Quart:
-    # Jobs run eagerly, as in the plugin's app, unless a test asks for a real dispatcher:
-    # one would sweep the suite's database while a test's transaction holds it.
-    app = create_app({"JOBS_BACKEND": "eager", **config})
+async def _as_json(error: HTTPException) -> ResponseReturnValue:
+    """The app's own rendering of HTTP errors, which the layer's answers go through."""
+    code = (error.name or "error").lower().replace(" ", "_")
+    return {"error": {"code": code, "message": error.description}}, error.code or 500
+
+
+def make_layer_app(config: Mapping[str, Any]) -> Quart:
+    """A plain app with the layer, the routes above, and JSON error pages of its own."""
+    app = Quart(__name__)
+    app.config.update(config)
+    db.init_app(app)
+    app.register_error_handler(HTTPException, _as_json)
     app.register_blueprint(routes)
     return app

@@ -9,7 +9,8 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from tests.db.app import Probe, probe
+from service.testing import raise_propagated_errors
+from tests.db.app import Probe, make_layer_app, probe
 from tests.db.models import Widget
 
 ReadNames = Callable[[], Awaitable[list[str]]]
@@ -43,6 +44,26 @@ def stored_names(service_connection: AsyncConnection | None, reader: AsyncEngine
             return list((await fresh.scalars(query)).all())
 
     return read
+
+
+@pytest.fixture(scope="session")
+async def layer_app(service_database_url: str) -> AsyncIterator[Quart]:
+    """The layer's own test app (``tests.db.app``), in testing mode, serving for the session."""
+    app = make_layer_app({"DATABASE_URL": service_database_url, "TESTING": True})
+    raise_propagated_errors(app)
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+def layer_client(layer_app: Quart) -> Client:
+    return layer_app.test_client()
+
+
+@pytest.fixture
+def layer_errors_as_responses(layer_app: Quart, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in production: an unhandled exception answers a 500 instead of propagating."""
+    monkeypatch.setitem(layer_app.config, "PROPAGATE_EXCEPTIONS", False)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.app import db
 from service.db import UnitOfWorkError, session
 from service.testing import CaptureOnCommit
-from tests.db.app import Probe, make_test_app
+from tests.db.app import Probe, make_layer_app
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
@@ -32,9 +32,9 @@ def _error(body: Any) -> dict[str, str]:
 @pytest.mark.service_committing
 @pytest.mark.parametrize("status", [200, 201, 302, 303])
 async def test_a_status_below_400_commits(
-    service_client: Client, stored_names: ReadNames, status: int
+    layer_client: Client, stored_names: ReadNames, status: int
 ) -> None:
-    response = await service_client.post(f"/widgets?status={status}", json={"name": "kept"})
+    response = await layer_client.post(f"/widgets?status={status}", json={"name": "kept"})
 
     assert response.status_code == status
     assert await stored_names() == ["kept"]
@@ -43,29 +43,29 @@ async def test_a_status_below_400_commits(
 @pytest.mark.service_committing
 @pytest.mark.parametrize("status", [400, 404, 422, 500, 503])
 async def test_a_status_of_400_or_more_rolls_back(
-    service_client: Client, stored_names: ReadNames, status: int
+    layer_client: Client, stored_names: ReadNames, status: int
 ) -> None:
-    response = await service_client.post(f"/widgets?status={status}", json={"name": "dropped"})
+    response = await layer_client.post(f"/widgets?status={status}", json={"name": "dropped"})
 
     assert response.status_code == status
     assert await stored_names() == []
 
 
 @pytest.mark.service_committing
-async def test_abort_rolls_back(service_client: Client, stored_names: ReadNames) -> None:
-    response = await service_client.post("/widgets/abort", json={"name": "dropped"})
+async def test_abort_rolls_back(layer_client: Client, stored_names: ReadNames) -> None:
+    response = await layer_client.post("/widgets/abort", json={"name": "dropped"})
 
     assert response.status_code == 409
     assert _error(await response.get_json())["code"] == "conflict"
     assert await stored_names() == []
 
 
-@pytest.mark.usefixtures("errors_as_responses")
+@pytest.mark.usefixtures("layer_errors_as_responses")
 @pytest.mark.service_committing
 async def test_an_exception_rolls_back_and_answers_a_json_500(
-    service_client: Client, stored_names: ReadNames
+    layer_client: Client, stored_names: ReadNames
 ) -> None:
-    response = await service_client.post("/widgets/raise", json={"name": "dropped"})
+    response = await layer_client.post("/widgets/raise", json={"name": "dropped"})
 
     assert response.status_code == 500
     assert _error(await response.get_json())["code"] == "internal_server_error"
@@ -74,17 +74,17 @@ async def test_an_exception_rolls_back_and_answers_a_json_500(
 
 @pytest.mark.service_committing
 async def test_a_propagated_exception_rolls_back_in_teardown(
-    service_app: Quart,
-    service_client: Client,
+    layer_app: Quart,
+    layer_client: Client,
     stored_names: ReadNames,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # In testing and debug mode after_request never runs; teardown must clean up.
-    monkeypatch.setitem(service_app.config, "PROPAGATE_EXCEPTIONS", True)
-    monkeypatch.setitem(service_app.config, "TESTING", False)  # else a traceback page answers
+    monkeypatch.setitem(layer_app.config, "PROPAGATE_EXCEPTIONS", True)
+    monkeypatch.setitem(layer_app.config, "TESTING", False)  # else a traceback page answers
 
     with pytest.raises(RuntimeError, match="after writing"):
-        await service_client.post("/widgets/raise", json={"name": "dropped"})
+        await layer_client.post("/widgets/raise", json={"name": "dropped"})
 
     assert await stored_names() == []
     assert session.registry.registry == {}
@@ -95,9 +95,9 @@ async def test_a_propagated_exception_rolls_back_in_teardown(
 
 @pytest.mark.service_committing
 async def test_a_constraint_violated_at_commit_answers_409_and_writes_nothing(
-    service_client: Client, stored_names: ReadNames
+    layer_client: Client, stored_names: ReadNames
 ) -> None:
-    response = await service_client.post("/parts", json={"name": "orphan-owner"})
+    response = await layer_client.post("/parts", json={"name": "orphan-owner"})
 
     assert response.status_code == 409
     error = _error(await response.get_json())
@@ -106,23 +106,23 @@ async def test_a_constraint_violated_at_commit_answers_409_and_writes_nothing(
     assert await stored_names() == []
 
     # The failed commit poisoned nothing: the next request commits normally.
-    assert (await service_client.post("/widgets", json={"name": "next"})).status_code == 201
+    assert (await layer_client.post("/widgets", json={"name": "next"})).status_code == 201
     assert await stored_names() == ["next"]
 
 
 @pytest.mark.service_committing
 async def test_a_connection_lost_before_commit_answers_503(
-    service_database_url: str, service_client: Client, stored_names: ReadNames
+    service_database_url: str, layer_client: Client, stored_names: ReadNames
 ) -> None:
     if not service_database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server that could drop the connection")
 
-    response = await service_client.post("/widgets/cut", json={"name": "lost"})
+    response = await layer_client.post("/widgets/cut", json={"name": "lost"})
 
     assert response.status_code == 503
     assert _error(await response.get_json())["code"] == "service_unavailable"
     assert await stored_names() == []
-    assert (await service_client.post("/widgets", json={"name": "next"})).status_code == 201
+    assert (await layer_client.post("/widgets", json={"name": "next"})).status_code == 201
 
 
 # Requests that do not use the database ----------------------------------------------------------
@@ -130,9 +130,9 @@ async def test_a_connection_lost_before_commit_answers_503(
 
 @pytest.mark.service_committing
 async def test_a_request_that_does_not_use_the_database_opens_no_connection(
-    service_app: Quart, service_client: Client
+    layer_app: Quart, layer_client: Client
 ) -> None:
-    async with service_app.app_context():
+    async with layer_app.app_context():
         engine: AsyncEngine = db.engine
     checkouts: list[object] = []
     statements: list[str] = []
@@ -146,13 +146,13 @@ async def test_a_request_that_does_not_use_the_database_opens_no_connection(
     event.listen(engine.sync_engine, "checkout", on_checkout)
     event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
     try:
-        assert (await service_client.get("/nodb")).status_code == 200
-        assert (await service_client.get("/healthz")).status_code == 200
-        assert (await service_client.get("/no/such/route")).status_code == 404
+        assert (await layer_client.get("/nodb")).status_code == 200
+        assert (await layer_client.get("/nodb")).status_code == 200
+        assert (await layer_client.get("/no/such/route")).status_code == 404
         assert (checkouts, statements) == ([], [])
 
         # The listeners do see a request that uses the database.
-        assert (await service_client.get("/widgets")).status_code == 200
+        assert (await layer_client.get("/widgets")).status_code == 200
         assert len(checkouts) == 1
         assert statements
     finally:
@@ -163,31 +163,31 @@ async def test_a_request_that_does_not_use_the_database_opens_no_connection(
 # Child tasks ------------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("errors_as_responses")
+@pytest.mark.usefixtures("layer_errors_as_responses")
 @pytest.mark.service_committing
 async def test_model_calls_in_a_child_task_fail_loudly_and_write_nothing(
-    service_app: Quart,
-    service_client: Client,
+    layer_app: Quart,
+    layer_client: Client,
     stored_names: ReadNames,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    response = await service_client.post("/widgets/gather")
+    response = await layer_client.post("/widgets/gather")
     assert response.status_code == 500
     assert await stored_names() == []
 
-    monkeypatch.setitem(service_app.config, "PROPAGATE_EXCEPTIONS", True)
-    monkeypatch.setitem(service_app.config, "TESTING", False)  # else a traceback page answers
+    monkeypatch.setitem(layer_app.config, "PROPAGATE_EXCEPTIONS", True)
+    monkeypatch.setitem(layer_app.config, "TESTING", False)  # else a traceback page answers
     with pytest.raises(UnitOfWorkError, match=r"child task.*`@unit_of_work\(\)`"):
-        await service_client.post("/widgets/gather")
+        await layer_client.post("/widgets/gather")
     assert await stored_names() == []
     assert session.registry.registry == {}
 
 
 @pytest.mark.service_committing
 async def test_child_coroutines_decorated_as_units_of_work_commit_their_own_work(
-    service_client: Client, stored_names: ReadNames
+    layer_client: Client, stored_names: ReadNames
 ) -> None:
-    response = await service_client.post("/widgets/gather-units")
+    response = await layer_client.post("/widgets/gather-units")
 
     assert response.status_code == 201
     assert await stored_names() == ["unit-1", "unit-2"]
@@ -235,9 +235,9 @@ async def _request_then_disconnect(app: Quart, probe: Probe, name: str) -> list[
 
 @pytest.mark.service_committing
 async def test_a_client_that_disconnects_leaves_no_write_and_no_session(
-    service_app: Quart, stored_names: ReadNames, fresh_probe: Probe
+    layer_app: Quart, stored_names: ReadNames, fresh_probe: Probe
 ) -> None:
-    sent = await _request_then_disconnect(service_app, fresh_probe, "abandoned")
+    sent = await _request_then_disconnect(layer_app, fresh_probe, "abandoned")
 
     assert sent == []  # the handler was cancelled before it could answer
     assert await stored_names() == []
@@ -246,31 +246,31 @@ async def test_a_client_that_disconnects_leaves_no_write_and_no_session(
 
 @pytest.mark.service_committing
 async def test_concurrent_requests_never_see_each_others_uncommitted_rows(
-    service_client: Client, stored_names: ReadNames, fresh_probe: Probe
+    layer_client: Client, stored_names: ReadNames, fresh_probe: Probe
 ) -> None:
-    writer = asyncio.ensure_future(service_client.post("/widgets/wait", json={"name": "pending"}))
+    writer = asyncio.ensure_future(layer_client.post("/widgets/wait", json={"name": "pending"}))
     await asyncio.wait_for(fresh_probe.started.wait(), 5)
 
-    during = await service_client.get("/widgets")  # a reader alongside the open write transaction
+    during = await layer_client.get("/widgets")  # a reader alongside the open write transaction
 
     fresh_probe.proceed.set()
     assert (await writer).status_code == 201
     assert (await during.get_json())["names"] == []
-    assert (await (await service_client.get("/widgets")).get_json())["names"] == ["pending"]
+    assert (await (await layer_client.get("/widgets")).get_json())["names"] == ["pending"]
 
 
 @pytest.mark.service_committing
 async def test_a_write_request_that_reads_first_waits_instead_of_failing(
-    service_client: Client, stored_names: ReadNames, fresh_probe: Probe
+    layer_client: Client, stored_names: ReadNames, fresh_probe: Probe
 ) -> None:
     # On SQLite a DEFERRED transaction that has read cannot take the write lock
     # once another writer has committed: it fails at once, busy timeout or not.
     # A POST begins IMMEDIATE, so the second writer waits for the first instead.
     first = asyncio.ensure_future(
-        service_client.post("/widgets/read-then-write", json={"name": "first"})
+        layer_client.post("/widgets/read-then-write", json={"name": "first"})
     )
     await asyncio.wait_for(fresh_probe.started.wait(), 5)
-    second = asyncio.ensure_future(service_client.post("/widgets", json={"name": "second"}))
+    second = asyncio.ensure_future(layer_client.post("/widgets", json={"name": "second"}))
     await asyncio.sleep(0.2)
 
     fresh_probe.proceed.set()
@@ -280,23 +280,23 @@ async def test_a_write_request_that_reads_first_waits_instead_of_failing(
     assert await stored_names() == ["first", "second"]
 
 
-@pytest.mark.usefixtures("errors_as_responses")  # /widgets/raise answers a 500
+@pytest.mark.usefixtures("layer_errors_as_responses")  # /widgets/raise answers a 500
 @pytest.mark.service_committing
 async def test_the_registry_holds_no_session_after_many_requests(
-    service_app: Quart, service_client: Client, fresh_probe: Probe
+    layer_app: Quart, layer_client: Client, fresh_probe: Probe
 ) -> None:
     for number in range(40):
-        await service_client.post("/widgets", json={"name": f"ok-{number}"})
-        await service_client.post("/widgets?status=422", json={"name": f"refused-{number}"})
-        await service_client.post("/widgets/raise", json={"name": f"raised-{number}"})
-        await service_client.post("/parts", json={"name": f"failed-commit-{number}"})
-        await service_client.get("/widgets")
-        await service_client.get("/nodb")
+        await layer_client.post("/widgets", json={"name": f"ok-{number}"})
+        await layer_client.post("/widgets?status=422", json={"name": f"refused-{number}"})
+        await layer_client.post("/widgets/raise", json={"name": f"raised-{number}"})
+        await layer_client.post("/parts", json={"name": f"failed-commit-{number}"})
+        await layer_client.get("/widgets")
+        await layer_client.get("/nodb")
     for number in range(5):
-        await _request_then_disconnect(service_app, fresh_probe, f"cancelled-{number}")
+        await _request_then_disconnect(layer_app, fresh_probe, f"cancelled-{number}")
 
     assert session.registry.registry == {}
-    async with service_app.app_context():
+    async with layer_app.app_context():
         assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
@@ -305,7 +305,7 @@ async def test_a_streamed_body_cannot_write_after_the_commit(
     service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
     # The body is sent after the request context (and its unit of work) is gone.
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
     failures: list[BaseException] = []
 
     @app.get("/stream")
@@ -333,9 +333,9 @@ async def test_a_streamed_body_cannot_write_after_the_commit(
 
 
 async def test_on_commit_runs_once_after_a_successful_request(
-    service_client: Client, fresh_probe: Probe
+    layer_client: Client, fresh_probe: Probe
 ) -> None:
-    response = await service_client.post("/on-commit", json={"name": "done"})
+    response = await layer_client.post("/on-commit", json={"name": "done"})
 
     assert response.status_code == 201
     assert fresh_probe.committed == ["done"]
@@ -343,20 +343,20 @@ async def test_on_commit_runs_once_after_a_successful_request(
 
 @pytest.mark.parametrize("status", [400, 500])
 async def test_on_commit_never_runs_after_a_rolled_back_request(
-    service_client: Client, fresh_probe: Probe, status: int
+    layer_client: Client, fresh_probe: Probe, status: int
 ) -> None:
-    response = await service_client.post(f"/on-commit?status={status}", json={"name": "undone"})
+    response = await layer_client.post(f"/on-commit?status={status}", json={"name": "undone"})
 
     assert response.status_code == status
     assert fresh_probe.committed == []
 
 
 async def test_a_captured_on_commit_callback_waits_for_the_test_to_run_it(
-    service_client: Client, fresh_probe: Probe, service_on_commit: CaptureOnCommit
+    layer_client: Client, fresh_probe: Probe, service_on_commit: CaptureOnCommit
 ) -> None:
     with service_on_commit() as callbacks:
-        assert (await service_client.post("/on-commit", json={"name": "held"})).status_code == 201
-        response = await service_client.post("/on-commit?status=400", json={"name": "undone"})
+        assert (await layer_client.post("/on-commit", json={"name": "held"})).status_code == 201
+        response = await layer_client.post("/on-commit?status=400", json={"name": "undone"})
         assert response.status_code == 400
 
     assert (len(callbacks), fresh_probe.committed) == (1, [])
@@ -366,10 +366,10 @@ async def test_a_captured_on_commit_callback_waits_for_the_test_to_run_it(
 
 @pytest.mark.parametrize("attempt", [1, 2])
 async def test_requests_join_the_tests_transaction_which_is_rolled_back(
-    service_client: Client, stored_names: ReadNames, attempt: int
+    layer_client: Client, stored_names: ReadNames, attempt: int
 ) -> None:
     # Whichever attempt runs second would find the first one's row if the
     # outer transaction were not rolled back (and fail on the unique name).
     assert await stored_names() == []
-    assert (await service_client.post("/widgets", json={"name": "visible"})).status_code == 201
+    assert (await layer_client.post("/widgets", json={"name": "visible"})).status_code == 201
     assert await stored_names() == ["visible"]

@@ -15,28 +15,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.app import db
 from service.db import Database, Model, make_engine, session
 from service.errors import register_error_handlers
-from tests.db.app import make_test_app, routes
+from tests.db.app import make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
 
 @pytest.mark.service_committing
 async def test_a_preserved_request_context_still_commits_and_removes_its_session(
-    service_app: Quart, stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
+    layer_app: Quart, stored_names: ReadNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `async with service_app.test_client()` keeps each request's context until the
+    # `async with layer_app.test_client()` keeps each request's context until the
     # next request or the block's end: teardown then runs in another task.
-    async with service_app.test_client() as client:
+    async with layer_app.test_client() as client:
         assert (await client.post("/widgets", json={"name": "kept"})).status_code == 201
         assert (await client.post("/widgets?status=400", json={"name": "no"})).status_code == 400
-    monkeypatch.setitem(service_app.config, "PROPAGATE_EXCEPTIONS", True)
-    monkeypatch.setitem(service_app.config, "TESTING", False)  # else a traceback page answers
-    async with service_app.test_client() as client:
+    monkeypatch.setitem(layer_app.config, "PROPAGATE_EXCEPTIONS", True)
+    monkeypatch.setitem(layer_app.config, "TESTING", False)  # else a traceback page answers
+    async with layer_app.test_client() as client:
         with pytest.raises(RuntimeError):
             await client.post("/widgets/raise", json={"name": "raised"})
 
     assert session.registry.registry == {}
-    async with service_app.app_context():
+    async with layer_app.app_context():
         assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await stored_names() == ["kept"]
 
@@ -76,7 +76,7 @@ async def test_a_failed_commit_keeps_the_headers_other_hooks_set(
     service_database_url: str,
     serve: Serve,  # noqa: F811
 ) -> None:
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def cors(response: ResponseTypes) -> ResponseTypes:
@@ -94,13 +94,13 @@ async def test_a_failed_commit_keeps_the_headers_other_hooks_set(
 
 @pytest.mark.service_committing
 async def test_a_lost_connection_on_an_error_status_stays_that_status(
-    service_database_url: str, service_client: Client, stored_names: ReadNames
+    service_database_url: str, layer_client: Client, stored_names: ReadNames
 ) -> None:
     if not service_database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server that could drop the connection")
 
     # The rollback fails as well: that must not turn the 422 into a 500.
-    response = await service_client.post("/widgets/cut?status=422", json={"name": "lost"})
+    response = await layer_client.post("/widgets/cut?status=422", json={"name": "lost"})
 
     assert response.status_code == 422
     assert await stored_names() == []
@@ -116,7 +116,7 @@ async def two_apps(tmp_path: Path) -> AsyncIterator[tuple[Quart, Quart, str, str
                 Model.metadata.create_all, tables=[Model.metadata.tables["test_widgets"]]
             )
         await engine.dispose()
-    first, second = (make_test_app({"DATABASE_URL": url}) for url in urls)
+    first, second = (make_layer_app({"DATABASE_URL": url}) for url in urls)
     yield first, second, urls[0], urls[1]
 
 
@@ -173,11 +173,11 @@ async def commit_guard(service_database_url: str, reader: AsyncEngine) -> AsyncI
 @pytest.mark.service_committing
 @pytest.mark.usefixtures("commit_guard")
 async def test_a_commit_that_fails_otherwise_answers_a_json_500(
-    service_client: Client, stored_names: ReadNames
+    layer_client: Client, stored_names: ReadNames
 ) -> None:
-    response = await service_client.post("/commit-guard", json={"name": "refused"})
+    response = await layer_client.post("/commit-guard", json={"name": "refused"})
 
     assert response.status_code == 500
     assert (await response.get_json())["error"]["code"] == "internal_server_error"
     assert await stored_names() == []
-    assert (await service_client.post("/widgets", json={"name": "next"})).status_code == 201
+    assert (await layer_client.post("/widgets", json={"name": "next"})).status_code == 201

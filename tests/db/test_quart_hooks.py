@@ -8,7 +8,7 @@ from quart.typing import ResponseTypes
 
 from service.db import Database, session
 from service.errors import register_error_handlers
-from tests.db.app import make_test_app, routes
+from tests.db.app import make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
@@ -24,7 +24,7 @@ def _downgrade(response: ResponseTypes) -> ResponseTypes:
 async def test_an_after_request_hook_registered_later_sees_its_status_respected(
     service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
     app.after_request(_downgrade)
     client = await serve(app)
 
@@ -72,7 +72,7 @@ async def test_blueprint_and_per_request_hooks_are_respected(
         await Widget.create(name="after-this-request")
         return {"ok": True}, 201
 
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
     app.register_blueprint(blueprint)
     client = await serve(app)
 
@@ -85,7 +85,7 @@ async def test_blueprint_and_per_request_hooks_are_respected(
 async def test_a_hook_that_turns_an_error_into_success_commits(
     service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def upgrade(response: ResponseTypes) -> ResponseTypes:
@@ -104,7 +104,7 @@ async def test_a_hook_that_turns_an_error_into_success_commits(
 async def test_an_after_request_hook_that_raises_rolls_back(
     service_database_url: str, serve: Serve, stored_names: ReadNames
 ) -> None:
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
 
     @app.after_request
     def explode(response: ResponseTypes) -> ResponseTypes:

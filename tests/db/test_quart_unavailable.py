@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from service.db import Database
 from service.db import _sqlite as sqlite_layer
 from service.errors import register_error_handlers
-from tests.db.app import Probe, make_test_app, routes
+from tests.db.app import Probe, make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve
 from tests.db.silent import silent_server
 
@@ -34,7 +34,7 @@ async def test_a_refused_connection_at_the_first_query_answers_503(
     serve: Serve, propagate: bool
 ) -> None:
     client = await serve(
-        make_test_app({"DATABASE_URL": REFUSED, "PROPAGATE_EXCEPTIONS": propagate})
+        make_layer_app({"DATABASE_URL": REFUSED, "PROPAGATE_EXCEPTIONS": propagate})
     )
 
     for method, path in [("GET", "/widgets"), ("POST", "/widgets")]:
@@ -50,7 +50,7 @@ async def test_a_database_that_does_not_answer_gives_a_503_after_the_connect_tim
 ) -> None:
     async with silent_server() as port:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/hung"
-        client = await serve(make_test_app({"DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": 0.3}))
+        client = await serve(make_layer_app({"DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": 0.3}))
 
         started = time.monotonic()
         response = await client.get("/widgets")
@@ -99,7 +99,7 @@ async def test_a_drivers_own_connection_error_answers_503(
 ) -> None:
     # asyncpg raises these while connecting to a server that starts or stops: as they are,
     # or wrapped by SQLAlchemy in a plain DBAPIError that says nothing of a connection.
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
 
     @app.get("/connecting")
     async def connecting() -> dict[str, str]:
@@ -117,7 +117,7 @@ async def test_a_drivers_own_connection_error_answers_503(
 async def test_another_database_error_is_still_a_500(
     service_database_url: str, serve: Serve
 ) -> None:
-    app = make_test_app({"DATABASE_URL": service_database_url})
+    app = make_layer_app({"DATABASE_URL": service_database_url})
 
     @app.get("/refused")
     async def refused() -> dict[str, str]:
@@ -142,7 +142,7 @@ async def test_the_write_lock_not_obtained_in_time_is_a_503_and_writes_nothing(
     if not service_database_url.startswith("sqlite"):
         pytest.skip("SQLite's write lock (PostgreSQL has row locks instead)")
     monkeypatch.setattr(sqlite_layer, "BUSY_TIMEOUT", 0.3)
-    client = await serve(make_test_app({"DATABASE_URL": service_database_url}))
+    client = await serve(make_layer_app({"DATABASE_URL": service_database_url}))
     other_process = sqlite3.connect(make_url(service_database_url).database or "")
     other_process.execute("BEGIN IMMEDIATE")
     try:

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.jobs import JobRow
-from tests.db.app import make_test_app
 from tests.db.models import Widget
 from tests.jobs import examples
+from tests.service_app import make_service_test_app
 
 Serving = Callable[..., AbstractAsyncContextManager[Quart]]
 
@@ -42,7 +42,7 @@ def serving(service_database_url: str) -> Serving:
 
     @asynccontextmanager
     async def serve(**config: Any) -> AsyncIterator[Quart]:
-        app = make_test_app(
+        app = make_service_test_app(
             {"DATABASE_URL": service_database_url, "JOBS_BACKEND": "background", **FAST, **config}
         )
         async with app.test_app():

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.ledger.models import Account, Entry, User
-from tests.db.app import make_test_app
 from tests.ledger.conftest import Api
+from tests.service_app import make_service_test_app
 
 BODY = b'{"name": "Ada", "email": "ada@example.com"}'
 
@@ -116,7 +116,7 @@ async def test_every_kind_of_answer_carries_the_headers(api: Api, service_client
 
 
 async def test_strict_transport_security_when_configured(service_app: Quart) -> None:
-    app = make_test_app({**service_app.config, "HSTS_MAX_AGE": 31536000})
+    app = make_service_test_app({**service_app.config, "HSTS_MAX_AGE": 31536000})
     async with app.test_app():
         response = await app.test_client().get("/healthz")
 

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.ledger import auth
 from service.ledger.models import Token, utcnow
 from service.testing import Queries
-from tests.db.app import make_test_app
 from tests.ledger.conftest import Api, Caller
+from tests.service_app import make_service_test_app
 
 
 def _bearer(secret: str) -> dict[str, str]:
@@ -81,7 +81,7 @@ async def test_a_revoked_token_gets_401_from_every_worker_at_once(
     ada = await api.user()
     spare = await _new_token(service_client, ada)
     # A second app on the same database: another worker process, as far as tokens go.
-    other_worker = make_test_app(dict(service_app.config))
+    other_worker = make_service_test_app(dict(service_app.config))
     async with other_worker.test_app():
         other = other_worker.test_client()
         assert (await other.get("/users/me", headers=_bearer(spare["token"]))).status_code == 200
@@ -212,7 +212,7 @@ async def test_registration_and_the_cli_and_the_factory_still_give_a_working_tok
 async def test_when_serving_last_used_at_is_written_by_a_background_task_after_the_request(
     service_app: Quart, service_engine: Any, fresh_touches: None
 ) -> None:
-    app = make_test_app({**service_app.config, "JOBS_BACKEND": "background"})
+    app = make_service_test_app({**service_app.config, "JOBS_BACKEND": "background"})
     async with app.test_app():
         client = app.test_client()
         registered = await client.post("/users", json={"name": "Bg", "email": "bg@example.com"})
