@@ -6,6 +6,13 @@ write lock (SQLite), and finds the committed answer once the first is done.
 A request that failed wrote nothing, its claim included, so a repeat is a new try.
 A key is remembered for 24 hours (``KEY_LIFETIME``): an older one is treated as absent,
 and ``prune_idempotency_keys``, a job, deletes them.
+
+An expired row is replaced by a DELETE conditioned on its still being expired, never
+by its primary key alone: concurrent repeats of an expired key all see the old row, and
+the first to delete it claims the key afresh. A later one's DELETE waits for that claim
+(PostgreSQL's row lock), then matches nothing, for the row that now holds the key is
+fresh; its INSERT fails on the key, and it replays the claim's answer. Deleting by
+primary key alone would delete that fresh, committed claim and do the work again.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel
 from quart import request
+from sqlalchemy import Row, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
+from service.db import session
 from service.errors import ApiError
 from service.ledger.models import IdempotencyKey, utcnow
 
@@ -27,6 +36,13 @@ KEY_LIFETIME = timedelta(hours=24)
 
 Answer = BaseModel | dict[str, Any]
 Work = Callable[[], Awaitable[tuple[BaseModel, int]]]
+
+_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
+_THIS_KEY = (_KEYS.c.user_id == bindparam("user_id"), _KEYS.c.key == bindparam("key"))
+_STORED = select(
+    _KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response_body, _KEYS.c.created_at
+).where(*_THIS_KEY)
+_DELETE_IF_EXPIRED = delete(_KEYS).where(*_THIS_KEY, _KEYS.c.created_at <= bindparam("cutoff"))
 
 
 async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, str]]:
@@ -42,9 +58,12 @@ async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, s
             [{"field": "Idempotency-Key", "message": "must be 1 to 255 characters"}],
         )
     fingerprint = await _fingerprint()
-    stored = await IdempotencyKey.get((user_id, key))
-    if stored is not None and stored.created_at <= utcnow() - KEY_LIFETIME:
-        await stored.delete()  # expired: as if it had never been used
+    this_key = {"user_id": user_id, "key": key}
+    stored = await _stored(this_key)
+    cutoff = utcnow() - KEY_LIFETIME
+    if stored is not None and stored.created_at <= cutoff:
+        # Expired: as if it had never been used. Only while it is still expired (see above).
+        await session.execute(_DELETE_IF_EXPIRED, {**this_key, "cutoff": cutoff})
         stored = None
     if stored is not None:
         return _replay(stored, fingerprint)
@@ -55,7 +74,7 @@ async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, s
         await claim.save()
     except IntegrityError:
         # A concurrent repeat committed first; our session was rolled back.
-        stored = await IdempotencyKey.get((user_id, key))
+        stored = await _stored(this_key)
         if stored is None:
             raise
         return _replay(stored, fingerprint)
@@ -64,13 +83,18 @@ async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, s
     return body, status, {}
 
 
+async def _stored(this_key: dict[str, Any]) -> Row[Any] | None:
+    found: Row[Any] | None = (await session.execute(_STORED, this_key)).one_or_none()
+    return found
+
+
 async def _fingerprint() -> str:
     body = await request.get_json()
     canonical = json.dumps([request.method, request.path, body], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _replay(stored: IdempotencyKey, fingerprint: str) -> tuple[Answer, int, dict[str, str]]:
+def _replay(stored: Row[Any], fingerprint: str) -> tuple[Answer, int, dict[str, str]]:
     if stored.request_hash != fingerprint:
         raise ApiError(
             422,
