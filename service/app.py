@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from quart import Quart, Response, current_app
 from quart_schema import Info, QuartSchema, operation_id, security_scheme, tag, validate_response
 from sqlalchemy import text
+from werkzeug.routing import IntegerConverter
 
 from service import logs, metrics, modules, security, serialization, tracing
 from service.config import Settings
@@ -24,7 +25,19 @@ from service.ratelimit import RateLimits
 db = Database()
 jobs = Jobs(db)
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body (413 beyond). The largest valid one is a few kB (a transfer with
+a 500-character description, every character escaped): a bound on what a refused body costs
+to parse and validate, and on what every body waiting to arrive holds in memory."""
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` of ASCII digits only: werkzeug's ``\\d`` matches every Unicode digit, so
+    ``/accounts/١`` (Arabic-Indic) and ``/accounts/１`` (full-width) were account 1."""
+
+    regex = r"[0-9]+"
+
+
 TITLE = "Ledger API"
 
 
@@ -44,6 +57,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     """Build the app from the environment, then ``config`` on top."""
     modules.load()
     app = Quart(__name__)
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route uses it
     app.request_class = JSONRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.update(Settings().to_app_config())

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     """Where the counters live: ``memory://`` (each process its own) or
     ``redis://host:port/db`` (shared by every worker and host using that Redis)."""
 
-    rate_limit_per_token: str = "3000/minute"
-    """Requests one API token may make (``limits`` notation: ``N/second|minute|hour|day``)."""
+    rate_limit_per_user: str = "3000/minute"
+    """Requests one user may make, all their tokens together (``limits`` notation:
+    ``N/second|minute|hour|day``)."""
 
     rate_limit_failed_auth: str = "30/minute"
     """Requests with a missing, wrong or expired token one client address may make."""

@@ -70,7 +70,11 @@ WRITE_IN = (*WRITE, 404)
 
 @api.before_request
 async def _authenticate() -> None:
-    if request.endpoint != "ledger.create_user":
+    if request.endpoint == "ledger.create_user":
+        # Counted before the body is even parsed: an invalid registration counts too, so
+        # the limit bounds the work of validating them.
+        await ratelimit.hit("registration", request.remote_addr or "unknown")
+    else:
         await authenticate()
 
 
@@ -90,7 +94,6 @@ def _email_taken() -> ApiError:
 @documents_errors(400, 409, 413, 415, 422, 429, 503)
 async def create_user(data: NewUser) -> tuple[NewUserOut, int]:
     """Create a user and a first API token, shown this once."""
-    await ratelimit.hit("registration", request.remote_addr or "unknown")
     email_key = data.email.lower()
     if await User.query.filter_by(email_key=email_key).first() is not None:
         raise _email_taken()

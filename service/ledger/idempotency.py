@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
@@ -90,8 +91,15 @@ async def _stored(this_key: dict[str, Any]) -> Row[Any] | None:
 
 async def _fingerprint() -> str:
     body = await request.get_json()
-    canonical = json.dumps([request.method, request.path, body], sort_keys=True)
+    canonical = json.dumps([request.method, request.path, body], sort_keys=True, default=_number)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _number(value: object) -> object:
+    """A number the body's parser kept exact (a ``Decimal``): ``100.0`` is the same as 100."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _replay(stored: Row[Any], fingerprint: str) -> tuple[Answer, int, dict[str, str]]:
