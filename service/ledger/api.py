@@ -26,6 +26,7 @@ from service.ledger.auth import (
     current_user,
     current_user_id,
     issue,
+    require_room_for_a_token,
 )
 from service.ledger.idempotency import idempotent
 from service.ledger.models import Account, Entry, Statement, Token, User
@@ -123,6 +124,7 @@ async def me() -> UserOut:
 @documents_errors(*WRITE)
 async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
     """Issue another API token of the caller; its secret is shown this once."""
+    await require_room_for_a_token(current_user_id())
     days = data.expires_in_days
     token, secret = await issue(
         current_user_id(), data.name, expires_in=None if days is None else timedelta(days=days)
@@ -132,12 +134,16 @@ async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
 
 @api.get("/tokens")
 @tag(["Tokens"])
+@validate_querystring(PageQuery)
 @validate_response(TokenList)
-@documents_errors(*READ)
-async def list_tokens() -> TokenList:
+@documents_errors(*READ_PAGE)
+async def list_tokens(query_args: PageQuery) -> TokenList:
     """The caller's tokens, oldest first, without their secrets."""
-    tokens = await Token.query.filter_by(user_id=current_user_id()).order_by(Token.id).all()
-    return TokenList(items=[_token_out(token) for token in tokens])
+    query = Token.query.filter_by(user_id=current_user_id()).order_by(Token.id)
+    if query_args.cursor is not None:
+        query = query.where(Token.id > decode_cursor(query_args.cursor))
+    page, next_cursor = await keyset_page(query, query_args.limit)
+    return TokenList(items=[_token_out(token) for token in page], next_cursor=next_cursor)
 
 
 @api.delete("/tokens/<int:token_id>")

@@ -19,12 +19,13 @@ from datetime import datetime, timedelta
 from typing import NoReturn
 
 from quart import Quart, current_app, g, request
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 
 from service import logs, ratelimit
 from service.db import session, unit_of_work
 from service.errors import ApiError
 from service.ledger.models import Token, User, utcnow
+from service.ledger.schemas import MAX_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,26 @@ async def issue(
         expires_at=None if expires_in is None else now + expires_in,
     )
     return token, secret
+
+
+async def require_room_for_a_token(user_id: int) -> None:
+    """422 ``too_many_tokens`` if the user holds ``MAX_TOKENS`` already.
+
+    The user's row is locked first (PostgreSQL), so that concurrent requests cannot
+    each find room for one more; SQLite's write lock does the same.
+    """
+    users: Table = User.__table__  # type: ignore[assignment]
+    await session.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+    held = await session.scalar(
+        select(func.count()).select_from(Token).where(Token.user_id == user_id)
+    )
+    if (held or 0) >= MAX_TOKENS:
+        raise ApiError(
+            422,
+            "too_many_tokens",
+            f"A user may hold at most {MAX_TOKENS} tokens: revoke one (DELETE /tokens/<id>) "
+            "before creating another.",
+        )
 
 
 _TOKENS: Table = Token.__table__  # type: ignore[assignment]

@@ -25,6 +25,8 @@ MAX_BALANCE = 10**15
 """No balance may exceed this (10^13 in major units): far below BIGINT's 9.2 * 10^18, so no
 sum of balances or of a statement's movements can overflow the column either."""
 MAX_TOKEN_DAYS = 3650
+MAX_TOKENS = 100
+"""Tokens one user may hold at once (expired ones included, until revoked)."""
 
 
 def _integral(value: object) -> object:
@@ -121,6 +123,7 @@ class NewTokenOut(TokenOut):
 
 class TokenList(BaseModel):
     items: list[TokenOut]
+    next_cursor: str | None
 
 
 class NewAccount(Body):
