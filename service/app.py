@@ -12,10 +12,11 @@ from quart_schema import Info, QuartSchema, operation_id, security_scheme, tag, 
 from sqlalchemy import text
 from werkzeug.routing import IntegerConverter
 
-from service import logs, metrics, modules, security, serialization, tracing
+from service import logs, metrics, modules, security, serialization, serving, tracing
 from service.config import Settings
 from service.db import Database, events, unit_of_work
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
+from service.guard import Guard
 from service.jobs import Jobs, OutboxStats, outbox_stats
 from service.ledger import auth
 from service.ledger.api import api
@@ -83,6 +84,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     init_docs(app, TITLE)
     register_error_handlers(app)
     app.register_blueprint(api)
+    # Next to Quart, inside the metrics port and the tracing middleware: what it refuses is
+    # still traced.
+    app.asgi_app = Guard(  # type: ignore[method-assign]
+        app.asgi_app,
+        body_limit=app.config["MAX_CONTENT_LENGTH"],
+        buffer_limit=app.config["BODY_BUFFER_LIMIT"],
+    )
+    serving.configure(http2=app.config["HTTP2"])
     metrics.init_app(app, _outbox_stats)
     tracing.init_app(app, db)
 

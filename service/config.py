@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     this bounds how long a slow client can hold a worker's attention, never a
     transaction or a pooled connection."""
 
+    body_buffer_limit: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    """Bytes of request bodies one process may be receiving at once, a quarter of it for one
+    client address (each body counted at its declared length); beyond, a 503 ``server_busy``
+    before any of the body is read."""
+
+    http2: bool = False
+    """Serve HTTP/2 (cleartext upgrade, prior knowledge, ALPN) as Hypercorn does. Off: Hypercorn
+    cannot bound the streams a client opens and resets ("rapid reset"); turn it on only behind
+    a proxy that does (``service.serving``)."""
+
     rate_limit_enabled: bool = True
     """``false`` turns every rate limit off (benchmarks, load tests)."""
 

@@ -2,6 +2,7 @@
 
 Every error body is bounded: at most ``MAX_DETAILS`` details (the first found) and
 ``detail_count``, the number of problems found; a message names at most as many fields.
+An object of more than ``MAX_MEMBERS`` members is refused as it is parsed (422).
 A request body is parsed strictly: duplicate keys, ``NaN`` and ``Infinity`` are not JSON
 the API accepts, and a number with a fraction or an exponent stays exact (a ``Decimal``),
 so that ``0.99999999999999999999`` is not taken for 1.
@@ -74,11 +75,22 @@ class ApiError(HTTPException):
         self.extra_headers = dict(headers or {})
 
 
+MAX_MEMBERS = 100
+"""Members of one JSON object, at most: the API's largest has 5. Refused while parsing,
+before any validation: thousands of unknown keys would each cost a validation error."""
+
+
 class _NotAccepted(ValueError):
     """JSON that the API does not accept, saying why in words fit for the client."""
 
 
+class _TooManyMembers(ValueError):
+    """Valid JSON, but an object no request of the API can have: a 422, as a field's."""
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_MEMBERS:
+        raise _TooManyMembers(len(pairs))
     found = dict(pairs)
     if len(found) != len(pairs):
         raise _NotAccepted("an object has the same key twice")
@@ -111,7 +123,7 @@ class JSONRequest(Request):
             return self._cached_json[silent]
         data = await self.get_data(cache=cache, as_text=False)
         try:
-            result = parse_json(data)
+            result = parse_json(data if isinstance(data, bytes) else data.encode())
         except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
             result = None if silent else self.on_json_loading_failed(error)
         if cache:
@@ -119,6 +131,13 @@ class JSONRequest(Request):
         return result
 
     def on_json_loading_failed(self, error: Exception) -> Any:
+        if isinstance(error, _TooManyMembers):
+            raise ApiError(
+                422,
+                "validation_error",
+                "Invalid fields: body",
+                [{"field": "body", "message": f"an object has more than {MAX_MEMBERS} members"}],
+            )
         # In the API's words: the decoder's own messages describe its internals.
         if isinstance(error, _NotAccepted):
             reason = str(error)

@@ -40,9 +40,7 @@ Work = Callable[[], Awaitable[tuple[BaseModel, int]]]
 
 _KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 _THIS_KEY = (_KEYS.c.user_id == bindparam("user_id"), _KEYS.c.key == bindparam("key"))
-_STORED = select(
-    _KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response_body, _KEYS.c.created_at
-).where(*_THIS_KEY)
+_STORED = select(_KEYS).where(*_THIS_KEY)
 _DELETE_IF_EXPIRED = delete(_KEYS).where(*_THIS_KEY, _KEYS.c.created_at <= bindparam("cutoff"))
 
 
