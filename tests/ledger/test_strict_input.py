@@ -161,7 +161,7 @@ async def test_invalid_json_is_described_in_the_apis_words(
 
 
 def _many_keys(count: int, key_length: int = 6) -> bytes:
-    body = {"name": "Ada", "email": "ada@example.com"}
+    body: dict[str, object] = {"name": "Ada", "email": "ada@example.com"}
     body.update({f"{n:0{key_length}d}": 1 for n in range(count)})
     return json.dumps(body).encode()
 
