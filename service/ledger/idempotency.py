@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,7 +30,7 @@ from quart import request
 from sqlalchemy import Row, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from service.db import session
+from service.db import session, unit_of_work
 from service.errors import ApiError
 from service.ledger.models import IdempotencyKey, utcnow
 
@@ -60,9 +61,15 @@ async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, s
     this_key = {"user_id": user_id, "key": key}
     stored = await _stored(this_key)
     cutoff = utcnow() - KEY_LIFETIME
+    # The claim's INSERT may lose to a concurrent repeat's. Nothing was written before it,
+    # unless an expired row was just deleted: then in a savepoint of its own, so that its
+    # failure undoes the claim only (a unit whose writes a failure rolled back cannot
+    # answer 2xx), and the replay below can stand.
+    claiming: AbstractAsyncContextManager[None] = nullcontext()
     if stored is not None and stored.created_at <= cutoff:
         # Expired: as if it had never been used. Only while it is still expired (see above).
         await session.execute(_DELETE_IF_EXPIRED, {**this_key, "cutoff": cutoff})
+        claiming = unit_of_work()
         stored = None
     if stored is not None:
         return _replay(stored, fingerprint)
@@ -70,9 +77,10 @@ async def idempotent(user_id: int, work: Work) -> tuple[Answer, int, dict[str, s
         user_id=user_id, key=key, request_hash=fingerprint, status_code=0, response_body=""
     )
     try:
-        await claim.save()
+        async with claiming:
+            await claim.save()
     except IntegrityError:
-        # A concurrent repeat committed first; our session was rolled back.
+        # A concurrent repeat committed first; our claim (or all we did) was rolled back.
         stored = await _stored(this_key)
         if stored is None:
             raise
