@@ -2,8 +2,9 @@
 
 From the bottom: the unit-of-work layer (``service.db``), jobs (``service.jobs``),
 the web platform (``service.errors``, ``service.security``, ``service.logs``,
-``service.ratelimit``, ``service.openapi``, ``service.guard``, ``service.serving``), the domain (``service.ledger``), and
-what assembles them (the app, the command line, the worker, ``service.modules``).
+``service.ratelimit``, ``service.openapi``, ``service.guard``, ``service.serving``), the
+domain (``service.ledger``), and what assembles them (the app, the command line, the
+worker, ``service.modules``).
 """
 
 from __future__ import annotations
