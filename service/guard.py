@@ -32,6 +32,8 @@ __all__ = ["Guard", "error_body", "error_headers"]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HTTP1 = frozenset({"1.0", "1.1"})
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods whose body, if any, the service never reads: not counted when unannounced."""
 ADDRESS_SHARE = 4
 """One client address may hold at most 1/ADDRESS_SHARE of the budget."""
 
@@ -105,8 +107,8 @@ class Guard:
             return
         if length is not None:
             size = min(int(length), self.body_limit) if length.isdigit() else self.body_limit
-        elif chunked or version not in _HTTP1:  # HTTP/2 and 3 may send a body unannounced
-            size = self.body_limit
+        elif chunked or (version not in _HTTP1 and scope["method"] not in _NO_BODY):
+            size = self.body_limit  # HTTP/2 and 3 may send a body unannounced
         else:
             size = 0
         if not size:
