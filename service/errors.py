@@ -26,6 +26,9 @@ MAX_DETAILS = 20
 """Details in one error body, at most: the first found."""
 MAX_FIELD = 100
 """Characters of a field's name in an error (an unknown key is the client's own text)."""
+MAX_MEMBERS = 100
+"""Members of one JSON object, at most: the API's largest has 5. Refused while parsing,
+before any validation: thousands of unknown keys would each cost a validation error."""
 
 
 class ErrorDetail(BaseModel):
@@ -73,11 +76,6 @@ class ApiError(HTTPException):
         self.error_code = code
         self.details = details
         self.extra_headers = dict(headers or {})
-
-
-MAX_MEMBERS = 100
-"""Members of one JSON object, at most: the API's largest has 5. Refused while parsing,
-before any validation: thousands of unknown keys would each cost a validation error."""
 
 
 class _NotAccepted(ValueError):
