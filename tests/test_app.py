@@ -15,6 +15,7 @@ from sqlalchemy import inspect
 import service.db
 from service.app import MAX_BODY_BYTES, create_app, db
 from service.db import Database, make_engine
+from tests.service_app import make_service_test_app
 
 
 def _error(body: Any) -> dict[str, str]:
@@ -42,7 +43,6 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     assert _error(await response.get_json())["code"] == "database_unavailable"
 
 
-@pytest.mark.usefixtures("errors_as_responses")
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
@@ -52,9 +52,13 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     ],
 )
 async def test_every_error_response_is_json(
-    service_client: Client, method: str, path: str, status: int, code: str
+    service_app: Quart, method: str, path: str, status: int, code: str
 ) -> None:
-    response = await service_client.open(path, method=method, json={"name": "x"})
+    # The service's app with the layer's test routes (one raises), and an unhandled exception
+    # answered as in production instead of reaching the test.
+    app = make_service_test_app({**service_app.config, "PROPAGATE_EXCEPTIONS": False})
+    async with app.test_app():
+        response = await app.test_client().open(path, method=method, json={"name": "x"})
 
     assert response.status_code == status
     assert response.content_type == "application/json"
