@@ -63,6 +63,8 @@ RULES_BEYOND_THE_SCHEMA = {
     "currency_mismatch",
     "balance_limit_exceeded",
     "idempotency_key_reused",
+    "too_many_tokens",
+    "period_not_ended",
 }
 SPARE_TOKENS = 20
 

@@ -10,11 +10,13 @@ from pydantic import BaseModel
 from quart import Quart, Response, current_app
 from quart_schema import Info, QuartSchema, operation_id, security_scheme, tag, validate_response
 from sqlalchemy import text
+from werkzeug.routing import IntegerConverter
 
-from service import logs, metrics, modules, security, serialization, tracing
+from service import logs, metrics, modules, security, serialization, serving, tracing
 from service.config import Settings
 from service.db import Database, events, unit_of_work
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
+from service.guard import Guard
 from service.jobs import Jobs, OutboxStats, outbox_stats
 from service.ledger import auth
 from service.ledger.api import api
@@ -24,7 +26,19 @@ from service.ratelimit import RateLimits
 db = Database()
 jobs = Jobs(db)
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body (413 beyond). The largest valid one is a few kB (a transfer with
+a 500-character description, every character escaped): a bound on what a refused body costs
+to parse and validate, and on what every body waiting to arrive holds in memory."""
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` of ASCII digits only: werkzeug's ``\\d`` matches every Unicode digit, so
+    ``/accounts/١`` (Arabic-Indic) and ``/accounts/１`` (full-width) were account 1."""
+
+    regex = r"[0-9]+"
+
+
 TITLE = "Ledger API"
 
 
@@ -44,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     """Build the app from the environment, then ``config`` on top."""
     modules.load()
     app = Quart(__name__)
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route uses it
     app.request_class = JSONRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.update(Settings().to_app_config())
@@ -69,6 +84,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     init_docs(app, TITLE)
     register_error_handlers(app)
     app.register_blueprint(api)
+    # Next to Quart, inside the metrics port and the tracing middleware: what it refuses is
+    # still traced.
+    app.asgi_app = Guard(  # type: ignore[method-assign]
+        app.asgi_app,
+        body_limit=app.config["MAX_CONTENT_LENGTH"],
+        buffer_limit=app.config["BODY_BUFFER_LIMIT"],
+    )
+    serving.configure(http2=app.config["HTTP2"])
     metrics.init_app(app, _outbox_stats)
     tracing.init_app(app, db)
 

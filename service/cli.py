@@ -223,7 +223,7 @@ def serve(
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
-    """Serve the API with Hypercorn.
+    """Serve the API with Hypercorn, in HTTP/1.1 unless HTTP2=true.
 
     A request's body must arrive within BODY_TIMEOUT (10 s; 408 otherwise) before any
     database work starts; the read timeout closes a connection that stalls even before
@@ -243,6 +243,8 @@ def serve(
     config.workers = workers
     config.read_timeout = read_timeout
     config.keep_alive_timeout = keep_alive
+    # HTTP/2 is not served unless asked for (service.serving): not over TLS's ALPN either.
+    config.alpn_protocols = ["h2", "http/1.1"] if Settings().http2 else ["http/1.1"]
     sys.exit(run(config))
 
 

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     this bounds how long a slow client can hold a worker's attention, never a
     transaction or a pooled connection."""
 
+    body_buffer_limit: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    """Bytes of request bodies one process may be receiving at once, a quarter of it for one
+    client address (each body counted at its declared length); beyond, a 503 ``server_busy``
+    before any of the body is read."""
+
+    http2: bool = False
+    """Serve HTTP/2 (cleartext upgrade, prior knowledge, ALPN) as Hypercorn does. Off: Hypercorn
+    cannot bound the streams a client opens and resets ("rapid reset"); turn it on only behind
+    a proxy that does (``service.serving``)."""
+
     rate_limit_enabled: bool = True
     """``false`` turns every rate limit off (benchmarks, load tests)."""
 
@@ -77,8 +87,9 @@ class Settings(BaseSettings):
     """Where the counters live: ``memory://`` (each process its own) or
     ``redis://host:port/db`` (shared by every worker and host using that Redis)."""
 
-    rate_limit_per_token: str = "3000/minute"
-    """Requests one API token may make (``limits`` notation: ``N/second|minute|hour|day``)."""
+    rate_limit_per_user: str = "3000/minute"
+    """Requests one user may make, all their tokens together (``limits`` notation:
+    ``N/second|minute|hour|day``)."""
 
     rate_limit_failed_auth: str = "30/minute"
     """Requests with a missing, wrong or expired token one client address may make."""

@@ -4,13 +4,17 @@ Three limits, each configured in ``limits`` notation (``30/minute``):
 
 - ``failed_auth``: requests with a missing, wrong or expired token, per client address;
 - ``registration``: ``POST /users``, per client address;
-- ``token``: requests per API token.
+- ``user``: requests per user, whatever token each uses (minting tokens gains nothing).
 
 The counters live in this process (``RATE_LIMIT_STORAGE_URL=memory://``, the
 default) or in Redis (``redis://host:port/db``), where every worker and host
 using that Redis shares them. ``RATE_LIMIT_ENABLED=false`` turns them all off.
 A refused request is a 429 ``rate_limited`` with ``Retry-After``, and ``refused`` is sent
 with the limit's name (``service.metrics`` counts them).
+
+A limit that guards expensive work is asked before it: ``reserving`` counts the
+attempts of a key still under way in this process as used, so that many
+concurrent attempts cannot all pass the test before the first failure is counted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,17 +36,17 @@ from quart import Quart, current_app
 
 from service.errors import ApiError
 
-__all__ = ["Limit", "RateLimits", "check", "hit", "refused"]
+__all__ = ["Limit", "RateLimits", "check", "hit", "refused", "reserving"]
 
 logger = logging.getLogger(__name__)
 
-Limit = Literal["failed_auth", "registration", "token"]
+Limit = Literal["failed_auth", "registration", "user"]
 _EXTENSION = "service.ratelimit"
 refused = Signal("a request was refused by a rate limit; sent with the limit's name")
 _SETTINGS: dict[Limit, str] = {
     "failed_auth": "RATE_LIMIT_FAILED_AUTH",
     "registration": "RATE_LIMIT_REGISTRATIONS",
-    "token": "RATE_LIMIT_PER_TOKEN",
+    "user": "RATE_LIMIT_PER_USER",
 }
 
 
@@ -51,6 +57,8 @@ class _State:
     items: dict[Limit, RateLimitItem] = field(default_factory=dict)
     storage: Storage | None = None
     limiter: SlidingWindowCounterRateLimiter | None = None
+    under_way: dict[tuple[Limit, str], int] = field(default_factory=dict)
+    """Attempts reserved by ``reserving`` and not yet over, per limit and key."""
 
 
 class RateLimits:
@@ -120,14 +128,43 @@ async def check(limit: Limit, key: str) -> None:
     await _ask(limit, key, count=False)
 
 
-async def _ask(limit: Limit, key: str, *, count: bool) -> None:
+@asynccontextmanager
+async def reserving(limit: Limit, key: str) -> AsyncIterator[None]:
+    """429 if ``key`` has used up ``limit``, counting as used its attempts under way in this
+    process, this one included; the block is an attempt under way until it ends.
+
+    For a limit counted on failure (``hit`` once the attempt failed) that guards work:
+    without it, N concurrent attempts all pass ``check`` before the first failure counts.
+    """
+    state = _state()
+    if state.limiter is None:
+        yield
+        return
+    reserved = (limit, key)
+    # Reserved before the first await, so that concurrent attempts see each other.
+    under_way = state.under_way[reserved] = state.under_way.get(reserved, 0) + 1
+    try:
+        await _ask(limit, key, count=False, cost=under_way)
+        yield
+    finally:
+        left = state.under_way[reserved] - 1
+        if left:
+            state.under_way[reserved] = left
+        else:
+            del state.under_way[reserved]
+
+
+async def _ask(limit: Limit, key: str, *, count: bool, cost: int = 1) -> None:
     state = _state()
     limiter = state.limiter
     if limiter is None:  # disabled, or not serving
         return
     item = state.items[limit]
     try:
-        allowed = await (limiter.hit(item, limit, key) if count else limiter.test(item, limit, key))
+        if count:
+            allowed = await limiter.hit(item, limit, key)
+        else:
+            allowed = await limiter.test(item, limit, key, cost=cost)
         if allowed:
             return
         stats = await limiter.get_window_stats(item, limit, key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,9 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import inspect
 
 import service.db
-from service.app import create_app, db
+from service.app import MAX_BODY_BYTES, create_app, db
 from service.db import Database, make_engine
+from tests.service_app import make_service_test_app
 
 
 def _error(body: Any) -> dict[str, str]:
@@ -40,7 +43,6 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     assert _error(await response.get_json())["code"] == "database_unavailable"
 
 
-@pytest.mark.usefixtures("errors_as_responses")
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
@@ -50,9 +52,13 @@ async def test_readyz_answers_a_json_503_when_the_database_does_not() -> None:
     ],
 )
 async def test_every_error_response_is_json(
-    service_client: Client, method: str, path: str, status: int, code: str
+    service_app: Quart, method: str, path: str, status: int, code: str
 ) -> None:
-    response = await service_client.open(path, method=method, json={"name": "x"})
+    # The service's app with the layer's test routes (one raises), and an unhandled exception
+    # answered as in production instead of reaching the test.
+    app = make_service_test_app({**service_app.config, "PROPAGATE_EXCEPTIONS": False})
+    async with app.test_app():
+        response = await app.test_client().open(path, method=method, json={"name": "x"})
 
     assert response.status_code == status
     assert response.content_type == "application/json"
@@ -148,3 +154,120 @@ def test_the_layer_exports_a_small_public_surface() -> None:
         "unit_of_work",
     ]
     assert all(hasattr(service.db, name) for name in service.db.__all__)
+
+
+# The guard in front of the app (service.guard), driven as Hypercorn drives it: over ASGI.
+
+
+def _scope(*headers: tuple[bytes, bytes], address: str = "192.0.2.1", version: str = "1.1") -> Any:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": version,
+        "method": "POST",
+        "scheme": "http",
+        "path": "/users",
+        "raw_path": b"/users",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"x"), (b"content-type", b"application/json"), *headers],
+        "client": (address, 40000),
+        "server": ("127.0.0.1", 8000),
+        "extensions": {},
+    }
+
+
+class _Exchange:
+    """One request over ASGI: its body's first byte, then nothing until ``release``."""
+
+    def __init__(self, whole: bytes | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.released = asyncio.Event()
+        self.first = True
+        self.whole = whole
+        """The whole body, sent at once, instead of a stall."""
+
+    async def receive(self) -> dict[str, Any]:
+        if self.first:
+            self.first = False
+            if self.whole is not None:
+                return {"type": "http.request", "body": self.whole, "more_body": False}
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await self.released.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def answer(self) -> tuple[int, dict[bytes, bytes], Any]:
+        start, body = self.sent[0], self.sent[1]
+        return start["status"], dict(start["headers"]), json.loads(body["body"])
+
+
+async def test_bodies_being_received_are_bounded_in_all_and_per_address(
+    service_database_url: str,
+) -> None:
+    # The review's 800 connections each stalling a 1 MiB body took a worker from 234 to
+    # 1,288 MiB. A body counts at its declared length until its request is over.
+    app = create_app(
+        {"DATABASE_URL": service_database_url, "BODY_BUFFER_LIMIT": 4 * MAX_BODY_BYTES}
+    )
+    declared = (b"content-length", str(MAX_BODY_BYTES).encode())
+    async with app.test_app():
+        stalled = [_Exchange() for _ in range(4)]
+        tasks: list[asyncio.Task[None]] = []
+
+        async def stall(number: int) -> None:
+            exchange, scope = stalled[number], _scope(declared, address=f"192.0.2.{number}")
+            tasks.append(asyncio.create_task(app(scope, *_io(exchange))))
+            await asyncio.sleep(0.05)
+
+        await stall(0)
+        # The budget has room for three more, but not this address: a quarter of it each.
+        over_address = _Exchange()
+        await asyncio.wait_for(app(_scope(declared, address="192.0.2.0"), *_io(over_address)), 5)
+        for number in (1, 2, 3):
+            await stall(number)
+        over_all = _Exchange()
+        await asyncio.wait_for(app(_scope(declared, address="192.0.2.9"), *_io(over_all)), 5)
+        small = _Exchange()  # a body of 10 bytes finds no room either: the budget is spent
+        await asyncio.wait_for(app(_scope((b"content-length", b"10")), *_io(small)), 5)
+        for exchange in stalled:
+            exchange.released.set()
+        await asyncio.gather(*tasks)
+        after = _Exchange(whole=b'{"name": "A", "email": "after@example.com"}')
+        await asyncio.wait_for(app(_scope(declared, address="192.0.2.9"), *_io(after)), 5)
+
+    for refused in (over_all, over_address, small):
+        status, headers, body = refused.answer()
+        assert (status, body["error"]["code"]) == (503, "server_busy")
+        assert headers[b"retry-after"] == b"1" and headers[b"connection"] == b"close"
+    assert all(not exchange.sent or exchange.sent[0]["status"] != 503 for exchange in stalled)
+    assert after.sent[0]["status"] == 201  # released: room again
+
+
+def _io(exchange: _Exchange) -> tuple[Any, Any]:
+    return exchange.receive, exchange.send
+
+
+async def test_a_request_with_both_content_length_and_transfer_encoding_is_refused(
+    service_client: Client, service_app: Quart
+) -> None:
+    # RFC 9112 §6.1: a proxy in front that reads the other header sees another request;
+    # answered 400, and the connection closed.
+    exchange = _Exchange()
+    scope = _scope((b"content-length", b"4"), (b"transfer-encoding", b"chunked"))
+    await asyncio.wait_for(service_app(scope, *_io(exchange)), 5)
+
+    status, headers, body = exchange.answer()
+    assert (status, body["error"]["code"]) == (400, "ambiguous_body_length")
+    assert headers[b"connection"] == b"close"
+    assert exchange.first  # its body was never read
+
+
+async def test_the_http2_preface_read_as_http1_is_a_505(service_app: Quart) -> None:
+    exchange = _Exchange()
+    await asyncio.wait_for(service_app(_scope(version="2.0"), *_io(exchange)), 5)
+    status, headers, body = exchange.answer()
+    assert (status, body["error"]["code"]) == (505, "http_version_not_supported")
+    assert headers[b"connection"] == b"close"

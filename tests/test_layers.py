@@ -2,8 +2,9 @@
 
 From the bottom: the unit-of-work layer (``service.db``), jobs (``service.jobs``),
 the web platform (``service.errors``, ``service.security``, ``service.logs``,
-``service.ratelimit``, ``service.openapi``), the domain (``service.ledger``), and
-what assembles them (the app, the command line, the worker, ``service.modules``).
+``service.ratelimit``, ``service.openapi``, ``service.guard``, ``service.serving``), the
+domain (``service.ledger``), and what assembles them (the app, the command line, the
+worker, ``service.modules``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ ALLOWED = {
     "service.logs": {"service.security"},
     "service.ratelimit": {"service.errors"},
     "service.openapi": {"service.errors"},
+    # In front of the app: the ASGI guard, and Hypercorn as the service runs it.
+    "service.guard": set(),
+    "service.serving": {"service.guard"},
     "service.worker": {
         "service.db",
         "service.jobs",

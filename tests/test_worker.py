@@ -11,13 +11,14 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from quart.typing import TestClientProtocol as Client
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import worker
@@ -25,7 +26,7 @@ from service.app import create_app
 from service.db import session, unit_of_work
 from service.jobs import DELIVER_TASK, JobRow, enqueue, job
 from service.ledger.factories import AccountFactory, UserFactory
-from service.ledger.models import Statement
+from service.ledger.models import Entry, Statement, utcnow
 from service.ledger.statements import request_statement
 from tests.conftest import REDIS_URL, Broker
 from tests.db.models import Part
@@ -90,9 +91,15 @@ async def test_a_real_worker_computes_a_statement_end_to_end(
             ).get_json()
         )["id"]
         await client.post(f"/accounts/{account}/deposits", json={"amount": 250}, headers=headers)
+        # A statement is of a period that has ended: the deposit is dated yesterday.
+        yesterday = utcnow() - timedelta(days=1)
+        async with unit_of_work():
+            await session.execute(
+                update(Entry).where(Entry.account_id == account).values(created_at=yesterday)
+            )
         asked = await client.post(
             f"/accounts/{account}/statements",
-            json={"from": "2000-01-01", "to": "2999-12-31"},
+            json={"from": "2000-01-01", "to": yesterday.date().isoformat()},
             headers=headers,
         )
         assert asked.status_code == 202

@@ -26,6 +26,7 @@ from service.ledger.auth import (
     current_user,
     current_user_id,
     issue,
+    require_room_for_a_token,
 )
 from service.ledger.idempotency import idempotent
 from service.ledger.models import Account, Entry, Statement, Token, User
@@ -70,7 +71,11 @@ WRITE_IN = (*WRITE, 404)
 
 @api.before_request
 async def _authenticate() -> None:
-    if request.endpoint != "ledger.create_user":
+    if request.endpoint == "ledger.create_user":
+        # Counted before the body is even parsed: an invalid registration counts too, so
+        # the limit bounds the work of validating them.
+        await ratelimit.hit("registration", request.remote_addr or "unknown")
+    else:
         await authenticate()
 
 
@@ -90,7 +95,6 @@ def _email_taken() -> ApiError:
 @documents_errors(400, 409, 413, 415, 422, 429, 503)
 async def create_user(data: NewUser) -> tuple[NewUserOut, int]:
     """Create a user and a first API token, shown this once."""
-    await ratelimit.hit("registration", request.remote_addr or "unknown")
     email_key = data.email.lower()
     if await User.query.filter_by(email_key=email_key).first() is not None:
         raise _email_taken()
@@ -120,6 +124,7 @@ async def me() -> UserOut:
 @documents_errors(*WRITE)
 async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
     """Issue another API token of the caller; its secret is shown this once."""
+    await require_room_for_a_token(current_user_id())
     days = data.expires_in_days
     token, secret = await issue(
         current_user_id(), data.name, expires_in=None if days is None else timedelta(days=days)
@@ -129,12 +134,16 @@ async def create_token(data: NewToken) -> tuple[NewTokenOut, int]:
 
 @api.get("/tokens")
 @tag(["Tokens"])
+@validate_querystring(PageQuery)
 @validate_response(TokenList)
-@documents_errors(*READ)
-async def list_tokens() -> TokenList:
+@documents_errors(*READ_PAGE)
+async def list_tokens(query_args: PageQuery) -> TokenList:
     """The caller's tokens, oldest first, without their secrets."""
-    tokens = await Token.query.filter_by(user_id=current_user_id()).order_by(Token.id).all()
-    return TokenList(items=[_token_out(token) for token in tokens])
+    query = Token.query.filter_by(user_id=current_user_id()).order_by(Token.id)
+    if query_args.cursor is not None:
+        query = query.where(Token.id > decode_cursor(query_args.cursor))
+    page, next_cursor = await keyset_page(query, query_args.limit)
+    return TokenList(items=[_token_out(token) for token in page], next_cursor=next_cursor)
 
 
 @api.delete("/tokens/<int:token_id>")

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import string
 import time
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from quart import Quart, current_app, g, request
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 
 from service import logs, ratelimit
 from service.db import session, unit_of_work
 from service.errors import ApiError
 from service.ledger.models import Token, User, utcnow
+from service.ledger.schemas import MAX_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ _ALPHABET = string.ascii_letters + string.digits
 _SECRET_LENGTH = 40  # 238 bits
 _SHOWN = len(PREFIX) + 8
 TOUCH_INTERVAL = timedelta(minutes=1)
+_SHAPES = re.compile(rf"{PREFIX}[A-Za-z0-9]{{{_SECRET_LENGTH}}}|[A-Za-z0-9_-]{{43}}")
+"""What a token can look like: ours, or one from before prefixes (``token_urlsafe(32)``).
+Anything else cannot be a token, and is refused without a look in the database."""
 _scheduled: dict[str, float] = {}
 """Token hash -> monotonic time this process last scheduled a touch of it (ids can be reused:
 by SQLite after a rollback, say; a hash names one token)."""
@@ -69,6 +75,26 @@ async def issue(
     return token, secret
 
 
+async def require_room_for_a_token(user_id: int) -> None:
+    """422 ``too_many_tokens`` if the user holds ``MAX_TOKENS`` already.
+
+    The user's row is locked first (PostgreSQL), so that concurrent requests cannot
+    each find room for one more; SQLite's write lock does the same.
+    """
+    users: Table = User.__table__  # type: ignore[assignment]
+    await session.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+    held = await session.scalar(
+        select(func.count()).select_from(Token).where(Token.user_id == user_id)
+    )
+    if (held or 0) >= MAX_TOKENS:
+        raise ApiError(
+            422,
+            "too_many_tokens",
+            f"A user may hold at most {MAX_TOKENS} tokens: revoke one (DELETE /tokens/<id>) "
+            "before creating another.",
+        )
+
+
 _TOKENS: Table = Token.__table__  # type: ignore[assignment]
 # The hottest query there is: Core, built once, with only the columns authentication needs.
 _BY_HASH = select(
@@ -81,25 +107,35 @@ def _unauthorized() -> ApiError:
 
 
 async def authenticate() -> None:
-    """Identify the caller from ``Authorization: Bearer <token>``, or answer 401 (or 429)."""
+    """Identify the caller from ``Authorization: Bearer <token>``, or answer 401 (or 429).
+
+    The failed-authentication limit bounds the look-ups too: an address's look-ups under
+    way count against it until they are over (``ratelimit.reserving``), so that a burst
+    of wrong tokens cannot all reach the database before the first failure is counted.
+    """
     address = request.remote_addr or "unknown"
-    await ratelimit.check("failed_auth", address)
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     secret = secret.strip()
-    row = None
     token_hash = hash_token(secret)
-    if scheme.lower() == "bearer" and secret:
+    if not (scheme.lower() == "bearer" and _SHAPES.fullmatch(secret)):
+        await ratelimit.check("failed_auth", address)
+        await _failed(address)
+    async with ratelimit.reserving("failed_auth", address):
         row = (await session.execute(_BY_HASH, {"token_hash": token_hash})).one_or_none()
-    now = utcnow()
-    if row is None or (row.expires_at is not None and row.expires_at <= now):
-        await ratelimit.hit("failed_auth", address)
-        raise _unauthorized()
-    await ratelimit.hit("token", str(row.id))
+        now = utcnow()
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
+            await _failed(address)  # counted while still reserved: never neither
+    await ratelimit.hit("user", str(row.user_id))
     g.user_id = row.user_id
     g.token_id = row.id
     logs.set_user(row.user_id)
     if row.last_used_at is None or now - row.last_used_at >= TOUCH_INTERVAL:
         _schedule_touch(row.id, token_hash)
+
+
+async def _failed(address: str) -> NoReturn:
+    await ratelimit.hit("failed_auth", address)
+    raise _unauthorized()
 
 
 def current_user_id() -> int:

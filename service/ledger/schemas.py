@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Literal, Self
 
 import pycountry
@@ -23,12 +25,20 @@ MAX_BALANCE = 10**15
 """No balance may exceed this (10^13 in major units): far below BIGINT's 9.2 * 10^18, so no
 sum of balances or of a statement's movements can overflow the column either."""
 MAX_TOKEN_DAYS = 3650
+MAX_TOKENS = 100
+"""Tokens one user may hold at once (expired ones included, until revoked)."""
 
 
 def _integral(value: object) -> object:
     """JSON Schema's ``integer`` includes ``100.0``: take it as 100. Strings and booleans stay
-    refused (strict), and ``100.5`` too."""
-    if isinstance(value, float) and value.is_integer():
+    refused (strict), and every number with a fraction: the API parses them exactly (a
+    ``Decimal``), so ``0.99999999999999999999`` is refused, not rounded to 1."""
+    if isinstance(value, Decimal):
+        # Beyond 20 digits it is out of range anyway; never build a huge int from `1e999999999`.
+        if value.is_finite() and value.adjusted() < 20 and value == value.to_integral_value():
+            return int(value)
+        return value
+    if isinstance(value, float) and value.is_integer():  # a Python caller's
         return int(value)
     return value
 
@@ -113,6 +123,7 @@ class NewTokenOut(TokenOut):
 
 class TokenList(BaseModel):
     items: list[TokenOut]
+    next_cursor: str | None
 
 
 class NewAccount(Body):
@@ -176,6 +187,20 @@ class PageQuery(Body):
     cursor: str | None = None
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date(value: object) -> object:
+    """A day written ``YYYY-MM-DD`` (or a ``date``, from Python), nothing else: pydantic would
+    take ``86400`` for a Unix time and ``2026-01-01T00:00:00`` for a day."""
+    if (isinstance(value, str) and _ISO_DATE.fullmatch(value)) or type(value) is date:
+        return value
+    raise ValueError("must be a date written YYYY-MM-DD")
+
+
+Day = Annotated[date, BeforeValidator(_iso_date)]
+
+
 class Period(BaseModel):
     """Days, inclusive, in UTC; written ``from`` and ``to`` (Python keywords, hence aliases)."""
 
@@ -183,8 +208,8 @@ class Period(BaseModel):
         extra="forbid", validate_by_alias=True, validate_by_name=True, serialize_by_alias=True
     )
 
-    from_: date = Field(alias="from", examples=["2026-01-01"])
-    to: date = Field(le=date.max - timedelta(days=1), examples=["2026-01-31"])
+    from_: Day = Field(alias="from", examples=["2026-01-01"])
+    to: Day = Field(le=date.max - timedelta(days=1), examples=["2026-01-31"])
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

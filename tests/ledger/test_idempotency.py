@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from quart.typing import TestClientProtocol as Client
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import unit_of_work
+from service.ledger import maintenance
+from service.ledger.idempotency import KEY_LIFETIME
+from service.ledger.models import IdempotencyKey, utcnow
 from tests.ledger.conftest import Api, Caller, Ledger
 
 
@@ -116,3 +123,59 @@ async def test_a_key_of_the_wrong_length_is_a_422(
     assert response.status_code == 422
     assert (await response.get_json())["error"]["details"][0]["field"] == "Idempotency-Key"
     assert await ledger.entries() == 0
+
+
+ROUNDS = 4
+REPEATS = 16
+
+
+async def _age(ledger_reader: AsyncEngine, user_id: int, key: str) -> None:
+    """Make the key's row older than its lifetime, through a connection of the test's own."""
+    async with ledger_reader.begin() as connection:
+        await connection.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+            .values(created_at=utcnow() - KEY_LIFETIME - timedelta(minutes=5))
+        )
+
+
+@unit_of_work()
+async def _prune() -> None:
+    await maintenance.prune_idempotency_keys()
+
+
+@pytest.mark.service_committing
+@pytest.mark.parametrize("prune", [False, True], ids=["expired", "expired-and-pruned"])
+async def test_concurrent_repeats_of_an_expired_key_apply_once(
+    api: Api, service_client: Client, ledger: Ledger, ledger_reader: AsyncEngine, prune: bool
+) -> None:
+    # The review's attack: a key aged past its lifetime (not yet pruned), then many
+    # concurrent repeats; the money moved twice when one repeat deleted, by its primary
+    # key alone, the fresh claim another had just committed. Each round must apply once,
+    # also with the hourly prune running at the same time.
+    ada = await api.user()
+    account = await api.account(ada)
+    await api.deposit(ada, account, 100_000)
+    path, body = f"/accounts/{account}/withdrawals", {"amount": 10}
+    first = await service_client.post(path, json=body, headers=_keyed(ada, "aged"))
+    assert first.status_code == 201
+
+    for _ in range(ROUNDS):
+        await _age(ledger_reader, ada.id, "aged")
+        pruning = [_prune()] if prune else []
+        outcomes = await asyncio.gather(
+            *pruning,
+            *(
+                service_client.post(path, json=body, headers=_keyed(ada, "aged"))
+                for _ in range(REPEATS)
+            ),
+        )
+        responses = outcomes[len(pruning) :]
+        assert [response.status_code for response in responses] == [201] * REPEATS
+        fresh = [r for r in responses if "Idempotent-Replayed" not in r.headers]
+        assert len(fresh) == 1  # one applied it; every other replayed that answer
+        bodies = [await response.get_json() for response in responses]
+        assert all(answer == bodies[0] for answer in bodies)
+
+    assert await ledger.entries() == 2 + ROUNDS  # the deposit, the first, one per round
+    assert await ledger.balance(account) == 100_000 - 10 * (1 + ROUNDS)

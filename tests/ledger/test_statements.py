@@ -6,17 +6,19 @@ statement is ready when the request that asked for it returns.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from quart.typing import TestClientProtocol as Client
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import unit_of_work
 from service.ledger import statements
-from service.ledger.models import Account, Entry, Statement
+from service.ledger.models import Account, Entry, Statement, utcnow
 from service.testing import CaptureOnCommit
 from tests.ledger.conftest import Api, Caller
 
@@ -195,3 +197,75 @@ async def test_a_job_runs_on_a_statement_once(api: Api, service_client: Client) 
         await service_client.get(f"/statements/{statement_id}", headers=ada.headers)
     ).get_json()
     assert body["entry_count"] == 0  # computed once, before the late entry; not recomputed
+
+
+@pytest.mark.parametrize("to", [timedelta(0), timedelta(days=1), "2099-12-31"])
+async def test_a_period_that_has_not_ended_is_refused(
+    api: Api, service_connection: AsyncConnection, to: timedelta | str
+) -> None:
+    # "Ready" at once for a period to 2099, and a later deposit inside it never showed.
+    ada = await api.user()
+    account = await api.account(ada)
+    end = to if isinstance(to, str) else (utcnow().date() + to).isoformat()
+
+    response = await _ask(api, ada, account, **{"from": "2026-01-01", "to": end})
+
+    error = (await response.get_json())["error"]
+    assert (response.status_code, error["code"]) == (422, "period_not_ended")
+    assert end in error["message"]
+    count = await service_connection.scalar(select(func.count()).select_from(Statement))
+    assert count == 0
+
+
+async def test_a_period_that_ended_yesterday_is_accepted(api: Api) -> None:
+    ada = await api.user()
+    account = await api.account(ada)
+    yesterday = (utcnow().date() - timedelta(days=1)).isoformat()
+    response = await _ask(api, ada, account, **{"from": yesterday, "to": yesterday})
+    assert response.status_code == 202
+
+
+def _write_lock_free(database: Path) -> bool:
+    """Whether another connection could take SQLite's write lock at this moment."""
+    probe = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as error:
+        assert "locked" in str(error)
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.mark.service_committing
+async def test_the_figures_are_read_without_holding_the_write_lock(
+    api: Api, service_database_url: str
+) -> None:
+    # SQLite, 400k entries: each statement scanned them inside the job's write transaction
+    # (the database's one write lock), 0.25 s each; lease renewals and deposits waited.
+    url = make_url(service_database_url)
+    if url.get_backend_name() != "sqlite":
+        pytest.skip("SQLite's write lock; PostgreSQL's reads take no lock")
+    assert url.database is not None
+    ada = await api.user()
+    account = await api.account(ada)
+    await _post_entries(account, ("2026-01-10", 100), ("2026-01-20", -40))
+    free_while_reading: list[bool] = []
+
+    def probe(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM entries" in statement:
+            free_while_reading.append(_write_lock_free(Path(url.database or "")))
+
+    event.listen(Engine, "before_cursor_execute", probe)
+    try:
+        response = await _ask(api, ada, account, **{"from": "2026-01-01", "to": "2026-01-31"})
+    finally:
+        event.remove(Engine, "before_cursor_execute", probe)
+
+    statement = await api.client.get(
+        f"/statements/{(await response.get_json())['id']}", headers=ada.headers
+    )
+    assert (await statement.get_json())["total_in"] == 100
+    assert free_while_reading and all(free_while_reading), free_while_reading

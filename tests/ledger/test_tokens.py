@@ -231,3 +231,63 @@ async def test_when_serving_last_used_at_is_written_by_a_background_task_after_t
                 await asyncio.sleep(0.05)
 
     assert used is not None and utcnow() - used < timedelta(minutes=1)
+
+
+async def test_a_user_holds_at_most_max_tokens(
+    api: Api, service_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The review minted 5,000 tokens in 15 s, and spread requests over them.
+    monkeypatch.setattr(auth, "MAX_TOKENS", 3)
+    ada = await api.user()
+    made = [await _new_token(service_client, ada, name=f"t{n}") for n in range(2)]
+
+    refused = await service_client.post("/tokens", json={"name": "one more"}, headers=ada.headers)
+    error = (await refused.get_json())["error"]
+    revoked = await service_client.delete(f"/tokens/{made[0]['id']}", headers=ada.headers)
+    again = await service_client.post("/tokens", json={"name": "one more"}, headers=ada.headers)
+
+    assert (refused.status_code, error["code"]) == (422, "too_many_tokens")
+    assert "revoke" in error["message"]
+    assert (revoked.status_code, again.status_code) == (204, 201)
+
+
+@pytest.mark.service_committing
+async def test_concurrent_requests_cannot_exceed_max_tokens(
+    api: Api, service_client: Client, monkeypatch: pytest.MonkeyPatch, ledger_reader: Any
+) -> None:
+    monkeypatch.setattr(auth, "MAX_TOKENS", 3)
+    ada = await api.user()  # holds one
+
+    responses = await asyncio.gather(
+        *(
+            service_client.post("/tokens", json={"name": f"t{n}"}, headers=ada.headers)
+            for n in range(8)
+        )
+    )
+
+    assert sorted(response.status_code for response in responses) == [201] * 2 + [422] * 6
+    async with ledger_reader.connect() as fresh:
+        assert len(await _rows(fresh, ada.id)) == 3
+
+
+async def test_the_list_is_paged(api: Api, service_client: Client) -> None:
+    ada = await api.user()
+    for n in range(4):
+        await _new_token(service_client, ada, name=f"t{n}")
+
+    names: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        response = await service_client.get(f"/tokens?limit=2{cursor}", headers=ada.headers)
+        assert response.status_code == 200
+        page = await response.get_json()
+        names += [item["name"] for item in page["items"]]
+        pages += 1
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+
+    assert names == ["default", "t0", "t1", "t2", "t3"] and pages == 3
+    too_many = await service_client.get("/tokens?limit=101", headers=ada.headers)
+    assert too_many.status_code == 422

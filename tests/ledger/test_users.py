@@ -80,7 +80,7 @@ async def test_a_body_that_fails_validation_is_a_422_naming_the_fields(
 
 @pytest.mark.parametrize(
     "data",
-    [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000],
+    [b"{", b"", b"{'name': 'single quotes'}", b"\xff\xfe", b"[" * 30_000 + b"]" * 30_000],
     ids=["unclosed", "empty", "single-quotes", "not-utf8", "nested-too-deep"],
 )
 async def test_malformed_json_is_a_400(service_client: Client, data: bytes) -> None:
@@ -91,8 +91,8 @@ async def test_malformed_json_is_a_400(service_client: Client, data: bytes) -> N
     assert _error(await response.get_json())["code"] == "invalid_json"
 
 
-async def test_a_body_over_1_mib_is_a_413(service_client: Client) -> None:
-    name = "x" * (1024 * 1024)
+async def test_a_body_over_64_kib_is_a_413(service_client: Client) -> None:
+    name = "x" * (64 * 1024)
     response = await service_client.post("/users", json={"name": name, "email": "big@b.io"})
     assert response.status_code == 413
     assert _error(await response.get_json())["code"] == "request_entity_too_large"
