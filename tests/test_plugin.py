@@ -166,6 +166,7 @@ def _configure(pytester: pytest.Pytester, *, loop_scope: str = "session") -> Non
         f"""
         [pytest]
         service_app_factory = service.app:create_app
+        service_cli = service.cli:main
         asyncio_mode = auto
         asyncio_default_fixture_loop_scope = {loop_scope}
         asyncio_default_test_loop_scope = {loop_scope}

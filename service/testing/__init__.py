@@ -11,8 +11,10 @@ enough. Every fixture is named ``service_*``:
   savepoints, so code that commits, rolls back or nests runs unchanged. Requests,
   in-process CLI commands and eager jobs all join it. The fixture's value is
   that connection: read what the code wrote through it.
-- ``service_cli``: ``await service_cli.invoke("users", "create", ...)`` runs a
-  command in-process, its unit of work joining the test's transaction.
+- ``service_cli``: ``await service_cli.invoke("add-note", "hello")`` runs a
+  command in-process, its unit of work joining the test's transaction: one of
+  the app's (``app.cli``, ``Database.command``), or of the click group the
+  ``service_cli`` ini option names.
 - ``service_queries``: ``with service_queries.at_most(3): ...`` fails and prints
   the SQL if the block runs more queries (N+1 queries).
 - ``service_on_commit``: ``with service_on_commit() as callbacks: ...`` captures
@@ -23,13 +25,16 @@ enough. Every fixture is named ``service_*``:
 Data factories are in ``service.db.factories``.
 
 Settings (pytest ini options): ``service_app_factory`` (``module:callable``
-taking a config mapping) and ``service_alembic_config`` (``alembic.ini`` in the
-rootdir by default). Until ``service_app_factory`` is set the plugin is inert,
-as pytest-django is until it is configured: installing the service adds no
-fixture, and no database, to another project's test run. The
-database is ``TEST_DATABASE_URL``, else a SQLite file in a temporary directory;
-it is emptied at the start and the end of the session. With ``CI=true`` an
-unreachable database fails the run instead of skipping the tests.
+taking a config mapping), ``service_alembic_config`` (``alembic.ini`` in the
+rootdir by default) or ``service_metadata`` (``module:metadata``, built with
+``create_all``, for an app without migrations), and ``service_cli``. Until
+``service_app_factory`` is set the plugin is inert, as pytest-django is until it
+is configured: installing the service adds no fixture, imports nothing optional,
+and makes no database in another project's test run. The database is one of the
+plugin's own, made for the session and dropped after it: ``test_<name>`` next to
+``TEST_DATABASE_URL``'s database, else a SQLite file in a temporary directory.
+With ``CI=true`` an unreachable database fails the run instead of skipping the
+tests.
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "service_alembic_config",
         "the alembic.ini whose migrations build the test schema, relative to the rootdir",
         default="alembic.ini",
+    )
+    parser.addini(
+        "service_cli",
+        "`module:attribute` of the click group `service_cli` invokes; the app's own `app.cli` "
+        "by default",
+        default="",
     )
     parser.addini(
         "service_metadata",

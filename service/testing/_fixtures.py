@@ -141,9 +141,12 @@ async def _background_tasks(app: Quart) -> None:
 
 
 @pytest.fixture
-def service_cli(service_database: TestDatabase) -> Cli:
-    """``await service_cli.invoke("users", "create", ...)``: the CLI, in-process."""
-    return Cli(service_database.url)
+def service_cli(
+    pytestconfig: pytest.Config, service_app: Quart, service_database: TestDatabase
+) -> Cli:
+    """``await service_cli.invoke("add-note", "hello")``: a CLI command, in-process."""
+    group = pytestconfig.getini("service_cli")
+    return Cli(service_app, _load_object(group) if group else None, service_database.url)
 
 
 @pytest.fixture
@@ -184,11 +187,17 @@ def _migrate(alembic_ini: Path, url: str) -> None:
             os.environ["DATABASE_URL"] = previous
 
 
-def _load_metadata(path: str) -> MetaData:
+def _load_object(path: str) -> Any:
+    """``module:attribute.attribute``, imported."""
     module, _, name = path.partition(":")
     found: Any = importlib.import_module(module)
     for part in name.split("."):
         found = getattr(found, part)
+    return found
+
+
+def _load_metadata(path: str) -> MetaData:
+    found = _load_object(path)
     if not isinstance(found, MetaData):
         raise pytest.UsageError(
             f"service_metadata: {path} is a {type(found).__name__}, not a MetaData"

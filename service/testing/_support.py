@@ -8,7 +8,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import click
 from click.testing import CliRunner, Result
+from quart import Quart
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,29 +41,36 @@ class TestDatabase:
 
 
 class Cli:
-    """Invokes ``service`` commands in-process; their units of work join the test's transaction."""
+    """Invokes CLI commands in-process; their units of work join the test's transaction.
 
-    def __init__(self, database_url: str) -> None:
+    The commands are the ``service_cli`` ini option's click group, or else the app's own
+    (``app.cli``, where ``Database.command`` puts its commands).
+    """
+
+    def __init__(self, app: Quart, group: click.Command | None, database_url: str) -> None:
+        self.app = app
+        self.group = group
         self.database_url = database_url
 
     async def invoke(self, *args: str, input: str | None = None) -> Result:
-        """Run ``service *args``: exit code, output and exception as ``click.testing`` has them."""
-        from service.cli import main  # the service's, loaded only when a test asks for it
-
+        """Run a command: exit code, output and exception as ``click.testing`` has them."""
         loop = asyncio.get_running_loop()
 
         def on_the_tests_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
             return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
+        def invoke() -> Result:
+            if self.group is None:
+                runner = self.app.test_cli_runner()
+                result: Result = runner.invoke(args=list(args), input=input)
+                return result
+            return CliRunner().invoke(
+                self.group, list(args), input=input, env={"DATABASE_URL": self.database_url}
+            )
+
         with running_coroutines_with(on_the_tests_loop):
             # click runs in a thread while this loop runs the command's coroutine.
-            return await asyncio.to_thread(
-                CliRunner().invoke,
-                main,
-                list(args),
-                input=input,
-                env={"DATABASE_URL": self.database_url},
-            )
+            return await asyncio.to_thread(invoke)
 
 
 class Queries:
