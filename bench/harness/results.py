@@ -74,5 +74,5 @@ def write_results(name: str, title: str, how: str, body: str, *, quick: bool = F
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     path.write_text(text)
-    print(f"\n{body.strip()}\n\nwritten to {path.relative_to(ROOT)}", flush=True)
+    print(f"\n{body.strip()}\n\nwritten to {os.path.relpath(path, ROOT)}", flush=True)
     return path
