@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import re
 import shutil
 import subprocess
@@ -57,6 +58,24 @@ def _function(frame: str) -> str:
 _THREAD = re.compile(r"^thread \(\d+\): (?P<name>.*)$")
 
 
+_SCAFFOLD = re.compile(
+    r"\((multiprocessing/|asyncio/runners\.py|hypercorn/asyncio/run\.py|<string>)"
+    r"|^BaseEventLoop\.(run_forever|run_until_complete|_run_once) "
+)
+"""Frames under every sample of the event loop (start-up, the loop itself): left out."""
+
+
+def _idle_frames() -> set[str]:
+    """Leaf frames of a thread waiting for work, which py-spy counts as active all the same:
+    aiosqlite's connection threads blocked in their queue's ``get()``."""
+    import aiosqlite.core
+
+    source = inspect.getsource(aiosqlite.core).splitlines()
+    start = inspect.getsourcelines(aiosqlite.core._connection_worker_thread)[1]
+    lines = [n for n, text in enumerate(source, 1) if n >= start and "tx.get()" in text]
+    return {f"_connection_worker_thread (aiosqlite/core.py:{n})" for n in lines[:1]}
+
+
 def _thread(name: str) -> str:
     """A thread's kind: its name without its number (``Thread-3 (f)``: ``Thread (f)``)."""
     return re.sub(r"-\d+", "", name)
@@ -72,6 +91,7 @@ def summarize(raw: Path, top: int) -> str:
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     others: Counter[str] = Counter()
+    idle_frames, idle, greenlets = _idle_frames(), 0, 0
     for line in raw.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
         if not stack_text or not count_text.isdigit():
@@ -83,21 +103,30 @@ def summarize(raw: Path, top: int) -> str:
         found = _THREAD.match(frames[0]) if frames else None
         kind = _thread(found["name"]) if found else "?"
         stack = frames[1:] if found else frames
+        if stack and stack[-1] in idle_frames:
+            idle += count
+            continue
         threads[kind] += count
         if kind != "MainThread":
             if stack:
                 others[f"{kind}: {_function(stack[-1])}"] += count
             continue
+        if not any("run_forever" in f for f in stack):
+            greenlets += count  # a greenlet's frames come without the loop's beneath them
         for function in {_function(f) for f in stack}:
-            inclusive[function] += count
+            if not _SCAFFOLD.search(function):
+                inclusive[function] += count
         if stack:
             own[_function(stack[-1])] += count
     total, main = sum(threads.values()), threads["MainThread"]
     if not total:
         return "no samples (py-spy needs ptrace rights: run as root)"
-    lines = [f"{total} samples of active threads; by thread:"]
-    lines += _top(threads, total, top)
+    lines = [f"{total} samples of active threads ({idle} more of aiosqlite's threads waiting for"]
+    lines += [" work left out); by thread:", *_top(threads, total, top)]
     if main:
+        waiting = own["EpollSelector.select (selectors.py)"]
+        lines += ["", f"MainThread: {waiting / main:.1%} of its samples waiting in select (idle),"]
+        lines += [f"{greenlets / main:.1%} in greenlets (SQLAlchemy's sync code, own stacks)"]
         lines += ["", f"MainThread (the event loop), top {top} inclusive, of its {main} samples:"]
         lines += _top(inclusive, main, top)
         lines += ["", f"MainThread, top {top} self:"]
