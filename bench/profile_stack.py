@@ -17,7 +17,7 @@ at the greenlet's first frame, not under the event loop's. ``--raw FILE`` keeps
 py-spy's collapsed stacks (for ``flamegraph.pl`` or speedscope). Needs ``py-spy``
 (the ``bench`` extra) and root or ptrace rights.
 
-Usage: ``python bench/profile.py --stack layer --db sqlite --route write [--seconds 10]``
+Usage: ``python bench/profile_stack.py --stack layer --db sqlite --route write [--seconds 10]``
 """
 
 from __future__ import annotations
