@@ -115,7 +115,7 @@ def all_stacks(*, django: bool = True) -> list[Stack]:
     elif django:
         print(f"no {gunicorn}: Django skipped (`make bench-stacks` makes its venv)")
     stacks.append(Stack("ceiling", "ceiling", "bench.stack_apps.ceiling:app"))
-    # Last, as far as can be from the first layer server in each round.
+    # Last: within each round, its burst is the farthest from the first layer server's.
     stacks.append(Stack("layer A/A", "layer_aa", "bench.stack_apps.layer:app"))
     return stacks
 
