@@ -74,9 +74,10 @@ $(DJANGO_STAMP):
 
 # Every lasting benchmark (bench/), each writing its figures to docs/benchmarks/results/<name>.md:
 # the five stacks, the ledger against a base commit, the layer against hand-written sessions,
-# the ledger under load, test isolation, the CSV import. About 30 minutes; `make bench QUICK=1`:
-# fewer, shorter rounds, a smoke check (its results files say so). PostgreSQL databases are named
-# after BENCH_POSTGRES (bench_stacks_layer, bench_ledger_head, bench_uow, ...), made and dropped.
+# the ledger under load, test isolation, the CSV import, the metrics' cost. About 35 minutes;
+# `make bench QUICK=1`: fewer, shorter rounds, a smoke check (its results files say so).
+# PostgreSQL databases are named after BENCH_POSTGRES (bench_stacks_layer, bench_ledger_head,
+# bench_uow, ...).
 BENCH_QUICK := $(if $(QUICK),--quick,)
 BENCH_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/bench
 BENCH_ENV := BENCH_POSTGRES_URL=$(BENCH_POSTGRES)
@@ -87,6 +88,7 @@ bench: install $(BENCH_STAMP) wrk $(DJANGO_STAMP)
 	$(BENCH_ENV) $(BIN)/python bench/ledger_load.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/isolation.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/import_entries.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/metrics_cost.py $(BENCH_QUICK)
 
 # The layer against hand-written SQLAlchemy, FastAPI + advanced-alchemy, Django and the raw-driver
 # ceiling, on PostgreSQL and SQLite (bench/stacks.py): about 10 minutes.
