@@ -167,7 +167,6 @@ async def main() -> int:
     )
     harness.write_results(
         "import_entries",
-        "The CSV import against Core executemany",
         how,
         harness.markdown_table(header, rows),
         quick=options.quick,

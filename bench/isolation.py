@@ -149,7 +149,6 @@ async def main() -> int:
     )
     harness.write_results(
         "isolation",
-        "Test isolation against re-creating the schema",
         how,
         harness.markdown_table(header, rows, left=2),
         quick=options.quick,

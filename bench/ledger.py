@@ -261,7 +261,6 @@ def report(run: Run, target: float) -> None:
     )
     harness.write_results(
         "ledger",
-        "The ledger against a base commit",
         how,
         "\n\n".join(sections),
         quick=run.plan.quick,

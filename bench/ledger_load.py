@@ -204,7 +204,6 @@ def main() -> None:
     )
     harness.write_results(
         "ledger_load",
-        "The ledger under load",
         how,
         harness.markdown_table(header, [row for _, row in results]),
         quick=args.quick,

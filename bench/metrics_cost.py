@@ -139,9 +139,7 @@ def main() -> None:
         "and one without, on databases of their own seeded alike; `wrk -t1 -c32` in "
         f"alternating bursts: {plan}."
     )
-    harness.write_results(
-        "metrics_cost", "What the metrics cost", how, "\n\n".join(body), quick=plan.quick
-    )
+    harness.write_results("metrics_cost", how, "\n\n".join(body), quick=plan.quick)
 
 
 if __name__ == "__main__":

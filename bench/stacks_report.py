@@ -111,7 +111,6 @@ def report(
     )
     write_results(
         "stacks",
-        "The layer against its peers and the ceiling",
         how,
         "\n\n".join(sections),
         quick=plan.quick,

@@ -248,9 +248,7 @@ def report(results: list[Result], plan: Plan) -> None:
         f"The layer against hand-written sessions in one app, one Hypercorn worker, "
         f"`wrk -t1 -c{CONNECTIONS}`, the two sides in alternating bursts: {plan}."
     )
-    harness.write_results(
-        "uow", "The layer against hand-written sessions", how, "\n\n".join(body), quick=plan.quick
-    )
+    harness.write_results("uow", how, "\n\n".join(body), quick=plan.quick)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

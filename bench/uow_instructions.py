@@ -291,7 +291,6 @@ def main() -> None:
     )
     harness.write_results(
         "uow_instructions",
-        "Instructions per request: the layer against hand-written sessions",
         how,
         harness.markdown_table(header, rows, left=2),
         quick=args.quick,

@@ -53,17 +53,15 @@ def _machine() -> str:
     )
 
 
-def write_results(name: str, title: str, how: str, body: str, *, quick: bool = False) -> Path:
+def write_results(name: str, how: str, body: str, *, quick: bool = False) -> Path:
     """Print ``body`` and write it, under a header, to ``docs/benchmarks/results/<name>.md``.
 
     ``how`` says what was run and how (the command, the plan); ``body`` is the
-    benchmark's Markdown (tables, notes).
+    benchmark's Markdown (tables, notes). No heading: the benchmarks page that
+    includes the file gives it one.
     """
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    header = [f"# {title}", ""]
-    header.append(
-        f"Written by `python bench/{name}.py` on {when}, commit {commit()}; {_machine()}."
-    )
+    header = [f"Written by `python bench/{name}.py` on {when}, commit {commit()}; {_machine()}."]
     header += ["", how]
     if quick:
         header += [

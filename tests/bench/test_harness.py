@@ -74,12 +74,12 @@ def test_results_are_written_with_when_how_and_a_quick_run_marked(
 ) -> None:
     monkeypatch.setattr(results, "RESULTS", tmp_path)
     table = markdown_table(["stack", "req/s"], [["layer", "1,000"]])
-    path = write_results("example", "An example", "How it ran.", table, quick=True)
+    path = write_results("example", "How it ran.", table, quick=True)
     text = path.read_text()
     assert path == tmp_path / "example.md"
-    assert text.startswith("# An example\n\nWritten by `python bench/example.py` on ")
+    assert text.startswith("Written by `python bench/example.py` on ")
     assert "How it ran." in text
     assert "not a measurement" in text
     assert text.rstrip().endswith("| stack | req/s |\n| --- | ---: |\n| layer | 1,000 |")
-    full = write_results("example", "An example", "How it ran.", table).read_text()
+    full = write_results("example", "How it ran.", table).read_text()
     assert "not a measurement" not in full
