@@ -9,7 +9,7 @@ PORT ?= 8000
 # The suite runs once per database; PostgreSQL as this machine provides it.
 TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: install browser run migrate test test-sqlite test-postgres test-reliability lint docs format bench bench-instructions clean
+.PHONY: install browser run migrate test test-sqlite test-postgres test-reliability lint docs format bench bench-stacks bench-instructions wrk clean
 
 install: $(STAMP)
 
@@ -62,28 +62,47 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# Head against the base commit (issues 12 and 11), then the layer's own benchmarks; about 15
-# minutes. `make bench QUICK=1`: fewer, shorter rounds (about 8 minutes). bench/uow.py runs
-# --quick here, to stay within that: run it alone for its full rounds. Each benchmark's
-# PostgreSQL databases are named after BENCH_POSTGRES (bench_compare_head, bench_uow, ...).
+# The Django stack runs in a venv of its own: Django 6 needs Python >= 3.12 (pyenv's, else PATH's).
+DJANGO_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3) python3.12)
+DJANGO_VENV := .venv-django
+DJANGO_STAMP := $(DJANGO_VENV)/.installed
+$(DJANGO_STAMP):
+	$(DJANGO_PYTHON) -m venv $(DJANGO_VENV)
+	$(DJANGO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DJANGO_VENV)/bin/python -m pip install --quiet 'django>=6.0,<7' 'psycopg[binary]>=3.2' 'gunicorn>=23.0'
+	touch $@
+
+# Every lasting benchmark (bench/), each writing its figures to docs/benchmarks/results/<name>.md:
+# the five stacks, the ledger against a base commit, the layer against hand-written sessions,
+# the ledger under load, test isolation, the CSV import, the metrics' cost. About 35 minutes;
+# `make bench QUICK=1`: fewer, shorter rounds, a smoke check (its results files say so).
+# PostgreSQL databases are named after BENCH_POSTGRES (bench_stacks_layer, bench_ledger_head,
+# bench_uow, ...).
 BENCH_QUICK := $(if $(QUICK),--quick,)
 BENCH_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/bench
-bench: install $(BENCH_STAMP)
+BENCH_ENV := BENCH_POSTGRES_URL=$(BENCH_POSTGRES)
+bench: install $(BENCH_STAMP) wrk $(DJANGO_STAMP)
+	$(BENCH_ENV) $(BIN)/python bench/stacks.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/ledger.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/uow.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/ledger_load.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/isolation.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/import_entries.py $(BENCH_QUICK)
+	$(BENCH_ENV) $(BIN)/python bench/metrics_cost.py $(BENCH_QUICK)
+
+# The layer against hand-written SQLAlchemy, FastAPI + advanced-alchemy, Django and the raw-driver
+# ceiling, on PostgreSQL and SQLite (bench/stacks.py): about 10 minutes.
+bench-stacks: install $(BENCH_STAMP) wrk $(DJANGO_STAMP)
+	$(BENCH_ENV) $(BIN)/python bench/stacks.py $(BENCH_QUICK)
+
+wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	@command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES) $(BIN)/python bench/compare.py $(BENCH_QUICK)
-	$(BIN)/python bench/sqlite_writes.py $(BENCH_QUICK)
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_uow $(BIN)/python bench/uow.py --quick
-	LEDGER_LOAD_POSTGRES_URL=$(BENCH_POSTGRES)_ledger_load $(BIN)/python bench/ledger_load.py
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_isolation $(BIN)/python bench/isolation.py
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_import $(BIN)/python bench/import_entries.py
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_jobs $(BIN)/python bench/jobs.py
 
 # Instructions per request under callgrind: about half an hour on this machine, so apart from
 # `make bench`. Figures for a profile, not for speed claims (those are wall-clock ratios).
 bench-instructions: install
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_uow $(BIN)/python bench/uow_instructions.py
+	$(BENCH_ENV) $(BIN)/python bench/uow_instructions.py $(BENCH_QUICK)
 
 clean:
-	rm -rf $(VENV) var site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DJANGO_VENV) var site .pytest_cache .mypy_cache .ruff_cache

@@ -5,21 +5,21 @@ given duration. The script reports requests/s, p50/p99 latency, the count of
 5xx responses (must be 0), and whether the invariants held afterwards (they
 must): every account's balance equals the sum of its entries and is never
 negative, and the total over all accounts equals what the clients saw
-deposited minus what they saw withdrawn.
+deposited minus what they saw withdrawn. Written to
+``docs/benchmarks/results/ledger_load.md``. PostgreSQL: the database
+``<BENCH_POSTGRES_URL's>_ledger_load`` (``.../bench_ledger_load`` by default), made
+anew at each run.
 
-    .venv/bin/python bench/ledger_load.py [--db sqlite|postgresql|all] [--seconds 20]
+    .venv/bin/python bench/ledger_load.py [--db sqlite|postgresql|all] [--seconds 20] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,18 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, make_url, select, text
+from sqlalchemy import func, make_url, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.ledger.models import Account, Entry
-
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-POSTGRES_URL = os.environ.get(
-    "LEDGER_LOAD_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/ledger_load"
-)
-"""Dropped and made anew at each run."""
-PORT = 8765
+if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402 - importable once the path is set
+from bench.harness import Server  # noqa: E402
+from service.ledger.models import Account, Entry  # noqa: E402
+
 USERS = 10
 ACCOUNTS_PER_USER = 3
 CLIENTS = 50
@@ -57,51 +56,6 @@ class Tally:
 class Customer:
     headers: dict[str, str]
     accounts: list[int]
-
-
-async def prepare_database(url: str) -> None:
-    """An empty database, migrated to head by Alembic (PostgreSQL: dropped and created anew)."""
-    if url.startswith("postgresql"):
-        parsed = make_url(url)
-        admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        name = parsed.database
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        await admin.dispose()
-    migrate = await asyncio.create_subprocess_exec(
-        BIN / "alembic",
-        "upgrade",
-        "head",
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    if await migrate.wait() != 0:
-        raise RuntimeError("alembic upgrade head failed")
-
-
-def _serve(url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [BIN / "hypercorn", "-w", "2", "--bind", f"127.0.0.1:{PORT}", "service.app:app"],
-        cwd=ROOT,
-        # 50 clients from one address: the rate limits would measure themselves.
-        env={**os.environ, "DATABASE_URL": url, "RATE_LIMIT_ENABLED": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-async def _wait_ready(client: httpx.AsyncClient) -> None:
-    for _ in range(100):
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the server did not become ready")
 
 
 async def _customers(client: httpx.AsyncClient, tally: Tally) -> list[Customer]:
@@ -180,16 +134,18 @@ async def invariants(url: str, expected_total: int) -> tuple[bool, str]:
     )
 
 
-async def run(url: str, seconds: float) -> bool:
-    await prepare_database(url)
-    server = _serve(url)
+async def run(url: str, seconds: float, work: Path) -> tuple[bool, list[object]]:
+    await harness.prepare_database(url)
+    backend = make_url(url).get_backend_name()
+    # 50 clients from one address: the rate limits would measure themselves (Server: off).
+    server = Server(
+        f"ledger-load-{backend}", "service.app:app", {"DATABASE_URL": url}, work, workers=2
+    )
     tally = Tally()
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{PORT}", limits=limits, timeout=60
-        ) as client:
-            await _wait_ready(client)
+        await asyncio.to_thread(server.wait_ready, "/readyz")
+        async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60) as client:
             customers = await _customers(client, tally)
             started = time.monotonic()
             until = started + seconds
@@ -198,39 +154,63 @@ async def run(url: str, seconds: float) -> bool:
             )
             elapsed = time.monotonic() - started
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        await asyncio.to_thread(server.stop)
     held, detail = await invariants(url, tally.deposited - tally.withdrawn)
     requests = sum(tally.statuses.values())
     errors = sum(count for status, count in tally.statuses.items() if status >= 500)
     quantiles = statistics.quantiles(tally.latencies, n=100)
-    backend = make_url(url).get_backend_name()
     print(f"\n== {backend}: {CLIENTS} clients, Hypercorn -w 2, {elapsed:.1f} s")
     print(f"requests      {requests}  ({requests / elapsed:.0f} req/s)")
     print(f"latency       p50 {quantiles[49] * 1000:.1f} ms   p99 {quantiles[98] * 1000:.1f} ms")
     print(f"statuses      {dict(sorted(tally.statuses.items()))}")
     print(f"5xx           {errors}  ({'PASS' if errors == 0 else 'FAIL'})")
     print(f"invariants    {'held' if held else 'BROKEN'}: {detail}")
-    return held and errors == 0
+    row: list[object] = [
+        {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(backend, backend),
+        f"{requests / elapsed:,.0f}",
+        f"{quantiles[49] * 1000:,.0f} ms",
+        f"{quantiles[98] * 1000:,.0f} ms",
+        errors,
+        "held" if held else "**broken**",
+    ]
+    return held and errors == 0, row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql", "all"], default="all")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--quick", action="store_true", help="5 s")
     args = parser.parse_args()
+    seconds = 5.0 if args.quick else args.seconds
     scratch = Path(tempfile.mkdtemp(prefix="ledger-load-"))
     urls = []
     if args.db in ("sqlite", "all"):
         urls.append(f"sqlite+aiosqlite:///{scratch}/ledger.db")
     if args.db in ("postgresql", "all"):
-        urls.append(POSTGRES_URL)
+        urls.append(harness.postgres_url("ledger_load"))
     try:
-        results = [asyncio.run(run(url, args.seconds)) for url in urls]
+        results = [asyncio.run(run(url, seconds, scratch)) for url in urls]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print("\nverdict:", "PASS" if all(results) else "FAIL")
-    sys.exit(0 if all(results) else 1)
+    header = ["database", "requests/s", "p50", "p99", "5xx", "invariants"]
+    how = (
+        f"Hypercorn with 2 workers, {CLIENTS} concurrent clients (httpx, on the same machine) "
+        f"doing random deposits, withdrawals and transfers for {seconds:g} s across {USERS} "
+        f"users with {ACCOUNTS_PER_USER} accounts each. Invariants, checked through a "
+        "connection of their own afterwards: every balance equals the sum of its account's "
+        "entries, none is negative, and the total equals what the clients saw deposited "
+        "minus what they saw withdrawn."
+    )
+    harness.write_results(
+        "ledger_load",
+        how,
+        harness.markdown_table(header, [row for _, row in results]),
+        quick=args.quick,
+    )
+    passed = all(ok for ok, _ in results)
+    print("\nverdict:", "PASS" if passed else "FAIL")
+    sys.exit(0 if passed else 1)
 
 
 if __name__ == "__main__":

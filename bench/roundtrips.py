@@ -34,8 +34,7 @@ proxy, and prints both counts per request as JSON:
     PYTHONPATH=<checkout> python bench/roundtrips.py --url postgresql+asyncpg://.../db
 
 The script imports nothing else of this repository, so that the checkout on
-``PYTHONPATH`` provides ``service``. With ``--peer --token T --account N`` (and
-this repository on ``PYTHONPATH``) it counts ``bench/peer_app.py``'s instead.
+``PYTHONPATH`` provides ``service``.
 """
 
 from __future__ import annotations
@@ -330,32 +329,6 @@ async def _service(wire: WireCounter, warmups: int, samples: int) -> dict[str, A
     return {"origin": str(service.__file__), "requests": counted}
 
 
-async def _peer(
-    wire: WireCounter, warmups: int, samples: int, token: str, account: int
-) -> dict[str, Any]:
-    """``bench.peer_app``'s GET and deposit for an existing user, through httpx's ASGI app."""
-    import httpx
-
-    from bench import peer_app
-
-    headers = {"Authorization": f"Bearer {token}"}
-    transport = httpx.ASGITransport(app=peer_app.app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://peer") as client:
-            calls: Calls = {
-                "GET /accounts/{id}": lambda: client.get(f"/accounts/{account}", headers=headers),
-                "deposit": lambda: client.post(
-                    f"/accounts/{account}/deposits",
-                    json={"amount": 100, "description": "bench"},
-                    headers=headers,
-                ),
-            }
-            counted = await _count(calls, wire, warmups, samples)
-    finally:
-        await peer_app.alchemy_config.get_engine().dispose()
-    return {"origin": str(peer_app.__file__), "requests": counted}
-
-
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     target = make_url(args.url)
     wire = WireCounter(target.host or "127.0.0.1", target.port or 5432)
@@ -364,8 +337,6 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["DATABASE_URL"] = proxied  # what the app reads when it is built
     os.environ.setdefault("RATE_LIMIT_ENABLED", "false")
     try:
-        if args.peer:
-            return await _peer(wire, args.warmups, args.samples, args.token, args.account)
         return await _service(wire, args.warmups, args.samples)
     finally:
         await wire.close()
@@ -376,9 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="a migrated PostgreSQL database")
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--samples", type=int, default=5)
-    parser.add_argument("--peer", action="store_true", help="bench.peer_app instead of service")
-    parser.add_argument("--token", help="--peer: a user's token in that database")
-    parser.add_argument("--account", type=int, help="--peer: an account of that user")
     args = parser.parse_args(argv)
     here = Path(__file__).resolve().parent
     # Run as a script, this directory heads sys.path: nothing here may shadow what the

@@ -1,10 +1,11 @@
 """Throughput of the unit-of-work layer against hand-written sessions, under Hypercorn.
 
-A benchmark, not a timed test: it always exits 0 and prints its verdicts.
+A benchmark, not a timed test: it always exits 0, prints its verdicts and writes them to
+``docs/benchmarks/results/uow.md``.
 
-For each database (a SQLite file in a temporary directory; PostgreSQL at
-``BENCH_POSTGRES_URL``, by default ``postgresql+asyncpg://postgres@127.0.0.1:5432/bench``,
-the database created if missing) it builds and seeds the ``bench_items`` table
+For each database (a SQLite file in a temporary directory; PostgreSQL in the
+database ``<BENCH_POSTGRES_URL's>_uow``, ``.../bench_uow`` by default, created if
+missing) it builds and seeds the ``bench_items`` table
 with an engine of its own, serves ``bench.apps:layer_app()`` with one Hypercorn
 worker, and drives ``GET /{layer,hand}/items/<random id>`` and
 ``POST /{layer,hand}/items`` with wrk. Then ``GET /nodb`` on the layer's app,
@@ -16,9 +17,10 @@ The machine is small and shared, so the two sides of a comparison alternate:
 after a warm-up of each, every round runs both, the order flipping each round
 (A B, B A, ...) so that a slow drift of the machine weighs on both alike. The
 verdict compares the medians of the rounds (A/B >= 0.97); the per-round ratios
-and a bootstrap interval of the ratio are printed too, to show the noise.
+and a bootstrap interval of the ratio are printed too, to show the noise. 7 rounds
+of 3 s after a 2 s warm-up; ``--quick``: 3 rounds of 2 s.
 
-Usage: ``python bench/uow.py [--quick] [--db sqlite|postgresql|all]``
+Usage: ``python bench/uow.py [--quick] [--rounds N] [--seconds S] [--db sqlite|postgresql|all]``
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
+import random
 import shutil
 import signal
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -41,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `service` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.results import Result, Sample, print_table  # noqa: E402
-from bench.servers import Server, serving  # noqa: E402 - importable once the path is set
+from bench import harness  # noqa: E402 - importable once the path is set
+from bench.harness import Plan, Rotation, Target, markdown_table, serving  # noqa: E402
 
 ROWS = 1000
 # Within the engine's default pool (pool_size=5): past it, QueuePool closes each
@@ -50,7 +52,7 @@ ROWS = 1000
 # connection churn (a PostgreSQL backend forked per request). One Hypercorn
 # worker is CPU-bound from two or three connections on already.
 CONNECTIONS = 4
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
+THRESHOLD = 0.97
 
 GET_LUA = """\
 -- GET <the URL's path><a random id in 1..rows>
@@ -69,42 +71,14 @@ wrk.body = "{}"
 wrk.headers["Content-Type"] = "application/json"
 """
 
-
-@dataclass(frozen=True)
-class Plan:
-    rounds: int
-    seconds: int
-    warmup_seconds: int
-
-
 FULL = Plan(rounds=7, seconds=3, warmup_seconds=2)
-QUICK = Plan(rounds=3, seconds=2, warmup_seconds=1)
+QUICK = Plan(rounds=3, seconds=2, warmup_seconds=1, quick=True)
 
 
 # --- database preparation -------------------------------------------------------------------
 
 
-async def _ensure_postgres_database(url: str) -> None:
-    from sqlalchemy import make_url, text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    target = make_url(url)
-    name = target.database
-    if not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"{url}: expected a plain database name")
-    admin = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await admin.dispose()
-
-
-async def _prepare(url: str) -> None:
+async def prepare(url: str) -> None:
     """(Re)create ``bench_items`` with ``ROWS`` rows, on an engine of the driver's own."""
     from sqlalchemy import insert
 
@@ -112,7 +86,7 @@ async def _prepare(url: str) -> None:
     from service.db import Model, make_engine
 
     if url.startswith("postgresql"):
-        await _ensure_postgres_database(url)
+        await harness.ensure_postgres_database(url)
     table = Model.metadata.tables[TABLE]
     engine = make_engine(url)
     try:
@@ -126,7 +100,7 @@ async def _prepare(url: str) -> None:
         await engine.dispose()
 
 
-async def _drop(url: str) -> None:
+async def drop(url: str) -> None:
     from bench.apps import TABLE
     from service.db import Model, make_engine
 
@@ -139,87 +113,47 @@ async def _drop(url: str) -> None:
         await engine.dispose()
 
 
-# --- load -----------------------------------------------------------------------------------
+# --- the comparisons ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Load:
-    """One side of a comparison: wrk against one URL of one server."""
+@dataclass
+class Result:
+    database: str
+    endpoint: str
+    a: str
+    b: str
+    rotation: Rotation
 
-    server: Server
-    path: str
-    script: Path
-    args: tuple[str, ...] = ()
+    def interval(self, level: float = 0.9, draws: int = 2000) -> tuple[float, float]:
+        """A bootstrap interval of A/B, resampling whole rounds: how far noise moves it."""
+        rng = random.Random(0)
+        pairs = [
+            (x.rate, y.rate)
+            for x, y in zip(self.rotation.bursts[self.a], self.rotation.bursts[self.b], strict=True)
+        ]
 
+        def ratio(draw: list[tuple[float, float]]) -> float:
+            base = statistics.median(y for _, y in draw)
+            return statistics.median(x for x, _ in draw) / base if base else 0.0
 
-def _wrk(load: Load, seconds: int) -> tuple[Sample, list[str]]:
-    url = load.server.base + load.path
-    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
-    command += ["-s", str(load.script), url]
-    if load.args:
-        command += ["--", *load.args]
-    cpu_before = load.server.cpu_seconds()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    cpu_after = load.server.cpu_seconds()
-    out = done.stdout
-    problems: list[str] = []
-    if done.returncode != 0:
-        problems.append(f"wrk exited {done.returncode}: {done.stderr.strip()}")
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    if rate is None or count is None:
-        problems.append(f"unexpected wrk output: {out!r} {done.stderr!r}")
-        return Sample(0.0, None), problems
-    for pattern in (r"Non-2xx or 3xx responses: \d+", r"Socket errors: [^\n]+"):
-        found = re.search(pattern, out)
-        if found:
-            problems.append(f"{url}: {found.group(0)}")
-    cpu_rate = None
-    if cpu_before is not None and cpu_after is not None and cpu_after > cpu_before:
-        cpu_rate = int(count.group(1)) / (cpu_after - cpu_before)
-    return Sample(float(rate.group(1)), cpu_rate), problems
+        ratios = sorted(ratio(rng.choices(pairs, k=len(pairs))) for _ in range(draws))
+        tail = int(draws * (1 - level) / 2)
+        return ratios[tail], ratios[-tail - 1]
 
 
-def compare(
-    database: str, endpoint: str, labels: tuple[str, str], layer: Load, base: Load, plan: Plan
-) -> Result:
+def compare(database: str, endpoint: str, a: Target, b: Target, plan: Plan) -> Result:
     """Warm both up, then ``plan.rounds`` rounds of both, the order flipping each round."""
-    result = Result(database, endpoint, labels[0], labels[1])
-    print(f"\n{database} {endpoint}: A = {labels[0]} {layer.path}, B = {labels[1]} {base.path}")
-    print(f"           req/s: {'A':>9} {'B':>9}  A/B   | req/CPU-s: {'A':>8} {'B':>8}  A/B")
-    for load in (layer, base):
-        _, problems = _wrk(load, plan.warmup_seconds)
-        result.problems += problems
-    for index in range(plan.rounds):
-        order = [(layer, result.layer), (base, result.base)]
-        if index % 2:
-            order.reverse()
-        for load, samples in order:
-            sample, problems = _wrk(load, plan.seconds)
-            result.problems += problems
-            samples.append(sample)
-        a, b = result.layer[-1], result.base[-1]
-        cpu = "n/a"
-        if a.cpu_rate and b.cpu_rate:
-            cpu = f"{a.cpu_rate:8.0f} {b.cpu_rate:8.0f}  {a.cpu_rate / b.cpu_rate:.3f}"
-        print(
-            f"  round {index + 1}: {a.rate:9.1f} {b.rate:9.1f}  {result.round_ratios[-1]:.3f} |"
-            f"           {cpu}",
-            flush=True,
-        )
-    for problem in result.problems:
-        print(f"  ! {problem}", flush=True)
-    return result
-
-
-# --- phases ---------------------------------------------------------------------------------
+    rotation = harness.rotate(
+        f"{database} {endpoint}: {a.label} {a.path} vs {b.label} {b.path}", [a, b], plan
+    )
+    return Result(database, endpoint, a.label, b.label, rotation)
 
 
 def bench_database(
     database: str, url: str, plan: Plan, work: Path, scripts: dict[str, Path]
 ) -> list[Result]:
-    asyncio.run(_prepare(url))
-    results: list[Result] = []
+    asyncio.run(prepare(url))
+    rows = (str(ROWS),)
     try:
         with serving(
             f"layer-{database}",
@@ -228,30 +162,24 @@ def bench_database(
             work,
             "/layer/items/1",
         ) as server:
-            labels = ("layer", "hand")
-            results.append(
+            return [
                 compare(
                     database,
                     "GET /items/<id>",
-                    labels,
-                    Load(server, "/layer/items/", scripts["get"], (str(ROWS),)),
-                    Load(server, "/hand/items/", scripts["get"], (str(ROWS),)),
+                    Target("layer", server, "/layer/items/", scripts["get"], rows, CONNECTIONS),
+                    Target("hand", server, "/hand/items/", scripts["get"], rows, CONNECTIONS),
                     plan,
-                )
-            )
-            results.append(
+                ),
                 compare(
                     database,
                     "POST /items",
-                    labels,
-                    Load(server, "/layer/items", scripts["post"]),
-                    Load(server, "/hand/items", scripts["post"]),
+                    Target("layer", server, "/layer/items", scripts["post"], (), CONNECTIONS),
+                    Target("hand", server, "/hand/items", scripts["post"], (), CONNECTIONS),
                     plan,
-                )
-            )
+                ),
+            ]
     finally:
-        asyncio.run(_drop(url))
-    return results
+        asyncio.run(drop(url))
 
 
 def bench_nodb(plan: Plan, work: Path, scripts: dict[str, Path]) -> list[Result]:
@@ -266,13 +194,61 @@ def bench_nodb(plan: Plan, work: Path, scripts: dict[str, Path]) -> list[Result]
                     compare(
                         "none",
                         "GET /nodb",
-                        (label, "plain"),
-                        Load(server, "/nodb", scripts["plain"]),
-                        Load(plain, "/nodb", scripts["plain"]),
+                        Target(label, server, "/nodb", scripts["plain"], (), CONNECTIONS),
+                        Target("plain", plain, "/nodb", scripts["plain"], (), CONNECTIONS),
                         plan,
                     )
                 )
     return results
+
+
+def report(results: list[Result], plan: Plan) -> None:
+    rows = []
+    for r in results:
+        rotation, a, b = r.rotation, r.a, r.b
+        low, high = r.interval()
+        cpu_a, cpu_b = rotation.cpu_rate(a), rotation.cpu_rate(b)
+        cpu = f"{cpu_a / cpu_b:.3f}" if cpu_a and cpu_b else "n/a"
+        ratio = rotation.ratio(a, b)
+        verdict = "met" if ratio >= THRESHOLD and not rotation.problems else "**not met**"
+        rows.append(
+            [
+                r.database,
+                f"`{r.endpoint}`",
+                f"{a} vs {b}",
+                f"{rotation.rate(a):,.0f}",
+                f"{rotation.rate(b):,.0f}",
+                f"{ratio:.3f}",
+                f"{low:.3f} - {high:.3f}",
+                f"{statistics.median(rotation.round_ratios(a, b)):.3f}",
+                cpu,
+                verdict,
+            ]
+        )
+    header = ["database", "endpoint", "A vs B", "A req/s", "B req/s", "A/B", "90% interval"]
+    header += ["per-round median", "CPU A/B", f"target {THRESHOLD}"]
+    notes = " ".join(
+        [
+            "layer: `service.db.Database` on bare Quart.",
+            "hand: `async_sessionmaker` on the same engine, in the same app.",
+            "plain: bare Quart. service: `service.app.create_app()`.",
+            "A/B: the ratio of the medians of req/s.",
+            "90% interval: bootstrap over the rounds; a verdict whose interval straddles",
+            "the target is within this machine's noise.",
+            "per-round median: the median of the per-round ratios, which a drift of the",
+            "machine between rounds disturbs less.",
+            "CPU A/B: the ratio of the medians of requests per CPU-second of the server.",
+        ]
+    )
+    problems = [p for r in results for p in r.rotation.problems]
+    body = [markdown_table(header, rows, left=3), notes]
+    if problems:
+        body += ["Problems:", "\n".join(f"- {p}" for p in problems)]
+    how = (
+        f"The layer against hand-written sessions in one app, one Hypercorn worker, "
+        f"`wrk -t1 -c{CONNECTIONS}`, the two sides in alternating bursts: {plan}."
+    )
+    harness.write_results("uow", how, "\n\n".join(body), quick=plan.quick)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -281,40 +257,36 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    harness.add_plan_options(parser, FULL, QUICK)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "all"], default="all")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = harness.plan_from(args, FULL, QUICK)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk); nothing measured")
         return 0
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
-    print(
-        f"{plan.rounds} rounds of {plan.seconds}s per side after a {plan.warmup_seconds}s "
-        f"warm-up; wrk -t1 -c{CONNECTIONS}; one Hypercorn worker; {os.cpu_count()} CPUs"
-    )
+    print(f"{plan}; wrk -t1 -c{CONNECTIONS}; one Hypercorn worker; {os.cpu_count()} CPUs")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-uow-") as tmp:
         work = Path(tmp)
-        scripts = {"get": work / "get.lua", "post": work / "post.lua", "plain": work / "plain.lua"}
-        scripts["get"].write_text(GET_LUA)
-        scripts["post"].write_text(POST_LUA)
-        scripts["plain"].write_text("")
+        scripts = {
+            "get": harness.write_script(work, "get", GET_LUA),
+            "post": harness.write_script(work, "post", POST_LUA),
+            "plain": harness.write_script(work, "plain", ""),
+        }
         databases: list[tuple[str, str]] = []
         if args.db in ("sqlite", "all"):
             databases.append(("sqlite", f"sqlite+aiosqlite:///{work / 'bench.db'}"))
         if args.db in ("postgresql", "all"):
-            databases.append(
-                ("postgresql", os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-            )
+            databases.append(("postgresql", harness.postgres_url("uow")))
         for database, url in databases:
             try:
                 results += bench_database(database, url, plan, work, scripts)
             except Exception as error:  # e.g. PostgreSQL unreachable: measure the rest
                 print(f"\n{database}: skipped, {type(error).__name__}: {error}", flush=True)
         results += bench_nodb(plan, work, scripts)
-    print_table(results)
+    report(results, plan)
     print(f"\ntotal {time.monotonic() - started:.0f}s")
     return 0
 

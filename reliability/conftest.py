@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from _pytest.terminal import TerminalReporter
 
-from bench.ledger_load import prepare_database
+from bench.harness import prepare_database
 from reliability.postgres import PrivateCluster, find_postgres_bin
 
 Figures = Callable[[str, object], None]

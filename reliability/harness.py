@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.servers import Server
+from bench.harness import Server
 
 __all__ = ["client", "serving"]
 

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.servers import free_port
+from bench.harness import free_port
 
 __all__ = ["PrivateCluster", "find_postgres_bin"]
 

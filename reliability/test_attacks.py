@@ -33,7 +33,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from bench.servers import ROOT
+from bench.harness import ROOT
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
 from reliability.load import Customer, WriteLog, customers

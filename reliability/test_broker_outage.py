@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import ROOT, free_port
+from bench.harness import ROOT, free_port
 from reliability.conftest import Figures, NewDatabase
 from reliability.harness import client, serving
 from reliability.statements import StatementLog, asking, customers_with_a_year, judge

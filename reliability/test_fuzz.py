@@ -17,7 +17,7 @@ which cursors the API gave out, or that an email address's domain must not be
 reserved (``.test``); the API answers those 422 with a code of their
 own, and ``refused_only_by_rules_beyond_the_schema`` (an extra check) fails any
 other 422 to a valid request, so a schema that promises more than the validation
-accepts still fails the run. The rate limits are off (``bench/servers.py``): the
+accepts still fails the run. The rate limits are off (``bench/harness/servers.py``): the
 fuzzer sends thousands of requests, many without a token, from one address.
 
 The hand-written bad-input cases (malformed JSON, wrong types, huge and
@@ -45,8 +45,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import Failure
 from schemathesis.core.result import Ok
 
-from bench.ledger_load import prepare_database
-from bench.servers import Server
+from bench.harness import Server, prepare_database
 from reliability.conftest import Figures
 from reliability.postgres import PrivateCluster
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
-from bench.servers import Server
+from bench.harness import Server
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = [

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from bench.ledger_load import prepare_database
-from bench.servers import Server, free_port
+from bench.harness import Server, free_port, prepare_database
 from tests.test_metrics import parse, value
 
 REQUESTS = 120

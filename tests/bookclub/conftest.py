@@ -21,7 +21,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bench.servers import Server
+from bench.harness import Server
 from service.db.testing import test_database
 from service.testing import raise_propagated_errors
 from tests.bookclub.app import create_app

@@ -1,5 +1,5 @@
-"""Hypercorn servers for the benchmarks and the reliability suite: started on a free port,
-signalled and stopped as a group."""
+"""Servers for the benchmarks and the reliability suite: Hypercorn (or any command line)
+started on a free port, signalled and stopped as a group."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -41,6 +41,10 @@ def _hypercorn() -> str:
 class Server:
     """One Hypercorn process with ``workers`` workers, serving ``target`` on a free port.
 
+    ``target`` is Hypercorn's (``module:app``), or a whole command line of another
+    server, whose ``{port}`` is replaced by the free port (gunicorn, in the
+    five-stack benchmark); ``workers`` and ``options`` are then Hypercorn's, unused.
+
     Hypercorn runs its workers in child processes; all are in a session (and a
     process group) of their own, so they are signalled, stopped, and their CPU
     time read, together. ``options`` are more Hypercorn command-line options.
@@ -53,7 +57,7 @@ class Server:
     def __init__(
         self,
         name: str,
-        target: str,
+        target: str | Sequence[str],
         env: dict[str, str],
         log_dir: Path,
         *,
@@ -67,8 +71,11 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        command = [_hypercorn(), "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
-        command += [*options, target]
+        if isinstance(target, str):
+            command = [_hypercorn(), "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+            command += [*options, target]
+        else:
+            command = [part.replace("{port}", str(self.port)) for part in target]
         search = os.pathsep.join(str(path) for path in (*pythonpath, root))
         # Rate limits off (one client address sends everything), unless ``env`` says otherwise.
         full_env = {**os.environ, "PYTHONPATH": search, "RATE_LIMIT_ENABLED": "false", **env}
