@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks, _events
+from service.db._causal import route
 from service.db._engine import default_engine
 from service.db._events import Entry
 from service.db._readonly import STREAMED, autocommits, readonly_bind
@@ -125,6 +126,8 @@ class UnitOfWork:
         self._done: asyncio.Event | None = None
         self.ending = False
         """Set when ``end()`` begins: in tests, child units no longer share its connection."""
+        if readonly:  # replicas: a replica that has the caller's writes, if one is configured
+            self.bind = route(self)
 
     def ancestors(self) -> Iterator[UnitOfWork]:
         """The parent's unit of work, its parent's, and so on."""
