@@ -199,8 +199,16 @@ def route(unit: UnitOfWork) -> Any:
     if not _sets:
         return unit.bind
     replicas = _sets.get(unit.bind)
+    if replicas is None and unit.parent is not None:
+        # A unit in a child task (no bind of its own) reads the database of the unit it was
+        # started from, as that unit's replicas allow.
+        replicas = _sets.get(unit.parent.bind) or _primaries.get(
+            getattr(unit.parent.bind, "sync_engine", None)
+        )
+    elif replicas is not None and unit.bind is not replicas.primary_reads:
+        return unit.bind  # a replica's bind, given explicitly
     reading = _reading.get()
-    if replicas is None or reading is None or unit.bind is not replicas.primary_reads:
+    if replicas is None or reading is None:
         return unit.bind  # no replicas; or no request or job to know the caller's writes by
     chosen, _, position = replicas.choose(reading.floor)
     reading.chosen[id(unit)] = position

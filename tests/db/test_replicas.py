@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.roundtrips import WireCounter
-from service.db import Database, ReplicaStats, caller, read_from_primary
+from service.db import Database, ReplicaStats, caller, read_from_primary, unit_of_work
 from service.db._causal import HEADER, CausalStore
 from service.db._replicas import format_position
 from tests.db.models import Widget
@@ -62,7 +62,27 @@ def _app(config: dict[str, Any]) -> tuple[Quart, Database]:
         after = [widget.name for widget in await Widget.query.order_by(Widget.name).all()]
         return {"before": before, "moved": moved, "after": after}
 
+    @app.post("/widgets/then-read")
+    async def create_then_read() -> ResponseReturnValue:
+        """Writes in a unit of its own, then reads in a read-only one, within one request.
+
+        Each is given the app's engine: a unit in a child task otherwise uses the first
+        serving app's (the suite's here).
+        """
+        name = (await request.get_json())["name"]
+        await asyncio.create_task(unit_of_work(bind=db.engine)(_create)(name))
+        read = unit_of_work(readonly=True, bind=db.engine)(_read_names)
+        return {"names": await asyncio.create_task(read())}, 201
+
     return app, db
+
+
+async def _create(name: str) -> None:
+    await Widget.create(name=name)
+
+
+async def _read_names() -> list[str]:
+    return [widget.name for widget in await Widget.query.order_by(Widget.name).all()]
 
 
 @pytest.fixture
@@ -306,3 +326,37 @@ async def _request(client: Client, kind: str, name: str) -> None:
     else:
         response = await client.post("/widgets", json={"name": name})
         assert response.status_code == 201
+
+
+async def test_an_idle_primary_after_a_segment_switch_keeps_its_replica_in_rotation(
+    serve: Serve, replication: Replication
+) -> None:
+    """The primary's insert position then points past the new segment's page header, where
+    no replay position ever is: the replica has everything all the same."""
+    client, app, db = await serve(DATABASE_REPLICA_MAX_LAG=0.3)
+    await asyncio.to_thread(replication.primary.sql, "SELECT pg_switch_wal()")
+    await asyncio.to_thread(replication.wait_replayed)
+
+    await asyncio.sleep(1.0)
+
+    assert (await _stats_of(app, db)).in_rotation[replication_name(replication)] is True
+    assert await _names(client, **{HEADER: await _position_after_a_write(client)}) == ["w"]
+
+
+async def _position_after_a_write(client: Client) -> str:
+    created = await client.post("/widgets", json={"name": "w"})
+    assert created.status_code == 201
+    token: str = created.headers[HEADER]
+    return token
+
+
+async def test_a_read_after_a_committed_write_in_the_same_request_sees_it(
+    serve: Serve, replication: Replication
+) -> None:
+    client, _, _ = await serve()
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(replication.replica.pause_replay)
+
+    response = await client.post("/widgets/then-read", json={"name": "written first"})
+
+    assert (response.status_code, await response.get_json()) == (201, {"names": ["written first"]})
