@@ -18,6 +18,7 @@ from quart import Quart, request
 from quart.typing import ResponseReturnValue
 from quart.typing import TestClientProtocol as Client
 from redis.asyncio import Redis
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.roundtrips import WireCounter
@@ -110,7 +111,7 @@ async def _names(client: Client, **headers: str) -> list[str]:
 
 async def _behind_the_apps_back(engine: AsyncEngine, name: str) -> None:
     async with engine.connect() as connection:
-        await connection.execute(Widget.__table__.insert().values(name=name, size=0))
+        await connection.execute(insert(Widget).values(name=name, size=0))
 
 
 async def _stats_of(app: Quart, db: Database) -> ReplicaStats:
