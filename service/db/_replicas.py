@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -224,10 +224,13 @@ class ReplicaSet:
                 await poller
             except asyncio.CancelledError:
                 pass
-        logger.info("replicas at stop: %s", json.dumps(self.stats.as_dict()))
+        logger.info("replica counters at stop", extra=self._counters())
         for replica in self.replicas:
             await replica.engine.dispose()
         await self.store.close()
+
+    def _counters(self) -> dict[str, Any]:
+        return {"replicas": self.stats.as_dict(), "pid": os.getpid()}
 
     async def _poll_forever(self) -> None:
         logged = time.monotonic()
@@ -239,7 +242,7 @@ class ReplicaSet:
                 logger.exception("polling the replicas failed")
             if time.monotonic() - logged >= self.log_interval:
                 logged = time.monotonic()
-                logger.info("replicas: %s", json.dumps(self.stats.as_dict()))
+                logger.info("replica counters", extra=self._counters())
 
     async def poll(self) -> None:
         """One poll of the primary and of every replica, at the same time; then the verdicts."""
