@@ -14,6 +14,7 @@ Figures printed: pairs, stale reads (must be 0), reads served by the replica
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -33,7 +34,8 @@ from reliability.postgres import find_postgres_bin
 from reliability.replication import Replicated, replica_counters, replicated
 
 CLIENTS = 20
-PAIRS = 5_000
+PAIRS = int(os.environ.get("RELIABILITY_REPLICA_PAIRS", "5000"))
+"""At least 5,000 (issue 22); fewer only to try a change quickly."""
 HEADER = "Causal-Token"
 LAGGING = {"DATABASE_REPLICA_MAX_LAG": "30", "DATABASE_CAUSAL_TTL": "60"}
 """The replica stays in the rotation through every pause of these tests."""
@@ -129,6 +131,7 @@ async def _stall_replication(cluster: Replicated, tally: Tally, stop: asyncio.Ev
         await cluster.resume()
 
 
+@pytest.mark.timeout(300)
 async def test_clients_read_their_writes_across_workers_and_hosts_while_replay_stalls(
     cluster: Replicated, tmp_path: Path, figures: Figures
 ) -> None:
@@ -171,6 +174,7 @@ async def test_clients_read_their_writes_across_workers_and_hosts_while_replay_s
     assert on_replica > 0 and scans > 0
 
 
+@pytest.mark.timeout(120)
 async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_lags(
     cluster: Replicated, tmp_path: Path, figures: Figures
 ) -> None:
@@ -195,6 +199,9 @@ async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_
             finally:
                 await cluster.resume()
 
+    # A job that read a replica without its enqueuer's writes fails its attempt, and a retry
+    # may hide it: every first attempt must succeed.
+    failed_attempts = host.log_path.read_text().count("failed (attempt")
     wrong = [
         (sid, figures_, amount)
         for (sid, amount), figures_ in zip(asked, ready, strict=True)
@@ -203,7 +210,9 @@ async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_
     ]
     figures("statements computed while the replica lagged", len(ready))
     figures("statements missing their deposit", len(wrong))
+    figures("failed job attempts", failed_attempts)
     assert wrong == []
+    assert failed_attempts == 0
 
 
 async def _statement_after_deposit(
@@ -235,6 +244,7 @@ async def _until_done(http: httpx.AsyncClient, person: Person, statement_id: int
     raise AssertionError(f"statement {statement_id} still pending after 30 s")
 
 
+@pytest.mark.timeout(120)
 async def test_a_replica_killed_under_read_load_costs_no_error_and_rejoins(
     cluster: Replicated, tmp_path: Path, figures: Figures
 ) -> None:
