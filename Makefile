@@ -114,9 +114,11 @@ bench-instructions: install
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(BENCH_ENV) $(BIN)/python bench/uow_instructions.py $(BENCH_QUICK)
 
-# GET and deposit through PgBouncer (transaction mode) against direct connections, same run.
-bench-pgbouncer: install pgbouncer
-	BENCH_POSTGRES_URL=$(BENCH_POSTGRES)_pgbouncer $(BIN)/python bench/pgbouncer.py $(BENCH_QUICK)
+# GET and deposit through PgBouncer (transaction mode), and with a read replica, against direct
+# connections, same run, on a private primary, replica, PgBouncer and Redis. `QUICK=1`: shorter.
+bench-replicas: install pgbouncer
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/replicas.py $(BENCH_QUICK)
 
 clean:
 	rm -rf $(VENV) $(DJANGO_VENV) var site .pytest_cache .mypy_cache .ruff_cache
