@@ -86,6 +86,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
 _WROTE = "service.db.causal.wrote"
+_COUNTED = "service.db.causal.counted"  # in a read-only session's info: where it was counted
 _RECOVERY_CONFLICT = "40001"  # on a standby: a query cancelled by a conflict with recovery
 
 
@@ -120,8 +121,9 @@ class Reading:
     caller: str | None = None
     committed: int | None = None
     """The primary's position after this context's latest commit."""
-    chosen: dict[int, int] = field(default_factory=dict)
-    """Per read-only unit (by id): the position its server had reached when it was chosen."""
+    chosen: dict[int, tuple[int, str | None]] = field(default_factory=dict)
+    """Per read-only unit (by id): the position its server had reached when it was chosen,
+    and why it is the primary, if it is."""
 
 
 _reading: ContextVar[Reading | None] = ContextVar("service_db_reading", default=None)
@@ -210,8 +212,8 @@ def route(unit: UnitOfWork) -> Any:
     reading = _reading.get()
     if replicas is None or reading is None:
         return unit.bind  # no replicas; or no request or job to know the caller's writes by
-    chosen, _, position = replicas.choose(reading.floor)
-    reading.chosen[id(unit)] = position
+    chosen, position, why = replicas.choose(reading.floor)
+    reading.chosen[id(unit)] = (position, why)
     return chosen
 
 
@@ -283,16 +285,16 @@ async def caller(key: str) -> bool:
     replicas = _sets.get(unit.bind) if unit is not None and unit.readonly else None
     if unit is None or replicas is None:
         return False
+    why = "behind"
     try:
         stored = await replicas.store.get(key)
     except Exception:
         logger.warning("could not read the caller's position from Redis", exc_info=True)
-        replicas.stats.fallbacks["no_position"] += 1
-        stored = PRIMARY_ONLY
+        stored, why = PRIMARY_ONLY, "no_position"
     if stored is None or stored <= reading.floor:
         return False
     reading.floor = stored
-    return _reroute(unit, replicas, reading)
+    return _reroute(unit, replicas, reading, why)
 
 
 async def read_from_primary() -> bool:
@@ -306,39 +308,46 @@ async def read_from_primary() -> bool:
     replicas = _sets.get(unit.bind) if unit is not None and unit.readonly else None
     if unit is None or replicas is None or unit.bind is replicas.primary_reads:
         return False
-    replicas.stats.fallbacks["asked"] += 1
-    _move(unit, replicas, replicas.primary_reads)
+    _move(unit, replicas, replicas.primary_reads, "asked")
     return True
 
 
-def _reroute(unit: UnitOfWork, replicas: ReplicaSet, reading: Reading) -> bool:
+def _reroute(unit: UnitOfWork, replicas: ReplicaSet, reading: Reading, why: str) -> bool:
     """The floor rose: keep the unit's server if it had reached it when chosen, else move."""
     on_primary = unit.bind is replicas.primary_reads
-    had = reading.chosen.get(id(unit), PRIMARY_ONLY if on_primary else 0)
+    had, _ = reading.chosen.get(id(unit), (PRIMARY_ONLY if on_primary else 0, None))
     if had >= replicas.settled(reading.floor):
         return False
-    replicas.stats.reads[_server_name(replicas, unit.bind)] -= 1
-    chosen, _, position = replicas.choose(reading.floor)
-    reading.chosen[id(unit)] = position
+    chosen, position, chosen_why = replicas.choose(reading.floor)
+    reading.chosen[id(unit)] = (position, chosen_why and why)
     read_before = unit.session is not None
-    _move(unit, replicas, chosen, counted=True)
+    _move(unit, replicas, chosen, chosen_why and why)
     return read_before
 
 
-def _move(unit: UnitOfWork, replicas: ReplicaSet, bind: AsyncEngine, counted: bool = False) -> None:
+def _move(unit: UnitOfWork, replicas: ReplicaSet, bind: AsyncEngine, why: str | None) -> None:
+    """Later statements of ``unit`` go to ``bind`` (``why``: why the primary, if it is)."""
     # The session's connection to the old server stays checked out (idle, in autocommit)
-    # until the unit ends; its statements from now on go to ``bind``.
-    if not counted:
-        replicas.stats.reads[_server_name(replicas, unit.bind)] -= 1
-        replicas.stats.reads[_server_name(replicas, bind)] += 1
+    # until the unit ends.
+    reading = _reading.get()
+    if reading is not None and id(unit) in reading.chosen:
+        position, _ = reading.chosen[id(unit)]
+        reading.chosen[id(unit)] = (position, why)
     unit.bind = bind
-    if unit.session is not None:
-        unit.session.sync_session.bind = bind.sync_engine
+    if unit.session is None:
+        return
+    unit.session.sync_session.bind = bind.sync_engine
+    counted = unit.session.info.get(_COUNTED)
+    if counted is not None:  # it has read already: it counts where it reads from now on
+        replicas.stats.reads[counted] -= 1
+        _count(replicas, unit.session.info, replicas.server_name(bind), why)
 
 
-def _server_name(replicas: ReplicaSet, bind: object) -> str:
-    replica = replicas.replica_of(bind)
-    return "primary" if replica is None else replica.name
+def _count(replicas: ReplicaSet, info: dict[Any, Any], server: str, why: str | None) -> None:
+    info[_COUNTED] = server
+    replicas.stats.reads[server] += 1
+    if server == "primary":
+        replicas.stats.fallbacks[why or "outside"] += 1
 
 
 class wal_position(FunctionElement[str]):  # noqa: N801 - reads as the SQL function it is
@@ -379,13 +388,21 @@ def _install_listeners() -> None:
 
 
 def _run_again_on_primary(state: ORMExecuteState) -> Any:
-    """A read-only statement that fails on a replica is run again on the primary."""
-    if not _sets or not state.session.info.get(READONLY):
+    """Counts the read-only units that read, where they read; and a read-only statement that
+    fails on a replica is run again on the primary."""
+    info = state.session.info
+    if not _sets or not info.get(READONLY):
         return None
     unit = current_unit_of_work()
     replicas = None if unit is None else _sets.get(unit.bind)
-    replica = None if replicas is None or unit is None else replicas.replica_of(unit.bind)
-    if unit is None or replicas is None or replica is None:
+    if unit is None or replicas is None:
+        return None
+    if _COUNTED not in info:
+        reading = _reading.get()
+        why = None if reading is None else reading.chosen.get(id(unit), (0, None))[1]
+        _count(replicas, info, replicas.server_name(unit.bind), why)
+    replica = replicas.replica_of(unit.bind)
+    if replica is None:
         return None
     try:
         return state.invoke_statement()
@@ -394,7 +411,7 @@ def _run_again_on_primary(state: ORMExecuteState) -> Any:
             raise
         logger.warning("a read failed on replica %s; running it on the primary", replica.name)
         replicas.failed(replica, error)
-        _move(unit, replicas, replicas.primary_reads)
+        _move(unit, replicas, replicas.primary_reads, "failed")
         return state.invoke_statement(bind_arguments={"bind": replicas.primary_reads.sync_engine})
 
 

@@ -78,13 +78,14 @@ class ReplicaStats:
     """
 
     reads: Counter[str] = field(default_factory=Counter)
-    """Read-only units by the server they read from: ``primary`` or a replica's name."""
+    """Read-only units that read, by the server they read from: ``primary`` or a replica's
+    name (a unit that moved counts where it moved to)."""
     fallbacks: Counter[str] = field(default_factory=Counter)
-    """Read-only units sent to the primary although replicas are configured, by reason:
-    ``behind`` (no replica in rotation has the caller's writes yet), ``unavailable`` (none
-    in rotation), ``failed`` (a statement failed on its replica and ran again on the
-    primary), ``no_position`` (the caller's position could not be read from Redis),
-    ``asked`` (the app sent the unit to the primary: ``read_from_primary()``)."""
+    """Of those, the ones that read from the primary, by reason: ``behind`` (no replica in
+    rotation had the caller's writes yet), ``unavailable`` (none in rotation), ``failed`` (a
+    statement failed on its replica and ran again on the primary), ``no_position`` (the
+    caller's position could not be read from Redis), ``asked`` (the app asked for the
+    primary: ``read_from_primary()``), ``outside`` (no request or job to go by)."""
     lag_seconds: dict[str, float | None] = field(default_factory=dict)
     lag_bytes: dict[str, int | None] = field(default_factory=dict)
     in_rotation: dict[str, bool] = field(default_factory=dict)
@@ -186,27 +187,28 @@ class ReplicaSet:
             return position - _SHORT_HEADER
         return position
 
-    def choose(self, floor: int) -> tuple[AsyncEngine, Replica | None, int]:
-        """The read bind for a unit that must see ``floor``, the replica, and its position."""
+    def choose(self, floor: int) -> tuple[AsyncEngine, int, str | None]:
+        """The read bind for a unit that must see ``floor``, the position its server had
+        reached, and why it is the primary (``None`` for a replica)."""
         floor = self.settled(floor)
         now = time.monotonic()
         fresh = [r for r in self._rotation if now - r.polled_at < self.stale_after]
         caught_up = [r for r in fresh if r.position is not None and r.position >= floor]
         if not caught_up:
-            self.stats.reads["primary"] += 1
-            self.stats.fallbacks["behind" if fresh else "unavailable"] += 1
-            return self.primary_reads, None, PRIMARY_ONLY
+            return self.primary_reads, PRIMARY_ONLY, "behind" if fresh else "unavailable"
         replica = caught_up[next(self._turn) % len(caught_up)]
-        self.stats.reads[replica.name] += 1
         assert replica.position is not None
-        return replica.reads, replica, replica.position
+        return replica.reads, replica.position, None
+
+    def server_name(self, bind: object) -> str:
+        replica = self.replica_of(bind)
+        return "primary" if replica is None else replica.name
 
     def replica_of(self, bind: object) -> Replica | None:
         return self._by_read_bind.get(bind)
 
     def failed(self, replica: Replica, error: BaseException) -> None:
         """A statement failed on ``replica``: out of rotation until a poll finds it healthy."""
-        self.stats.fallbacks["failed"] += 1
         self._leave(replica, f"a statement failed: {error.__class__.__name__}")
 
     # The poller.

@@ -63,6 +63,10 @@ def _app(config: dict[str, Any]) -> tuple[Quart, Database]:
         after = [widget.name for widget in await Widget.query.order_by(Widget.name).all()]
         return {"before": before, "moved": moved, "after": after}
 
+    @app.get("/nodb")
+    async def no_database() -> ResponseReturnValue:
+        return {"ok": True}
+
     @app.post("/widgets/then-read")
     async def create_then_read() -> ResponseReturnValue:
         """Writes in a unit of its own, then reads in a read-only one, within one request.
@@ -361,3 +365,23 @@ async def test_a_read_after_a_committed_write_in_the_same_request_sees_it(
     response = await client.post("/widgets/then-read", json={"name": "written first"})
 
     assert (response.status_code, await response.get_json()) == (201, {"names": ["written first"]})
+
+
+async def test_only_units_that_read_are_counted_and_where_they_read(
+    serve: Serve, replication: Replication, primary_engine: AsyncEngine
+) -> None:
+    client, app, db = await serve()
+    await asyncio.sleep(0.2)
+    stats = await _stats_of(app, db)
+    name = replication_name(replication)
+
+    for _ in range(3):
+        assert (await client.get("/nodb")).status_code == 200
+    assert sum(stats.reads.values()) == 0
+    await _names(client)
+    assert dict(stats.reads) == {name: 1}
+
+    await asyncio.to_thread(replication.replica.pause_replay)
+    await _behind_the_apps_back(primary_engine, "newer")
+    await client.get("/widgets/fresh")  # read on the replica, then moved to the primary
+    assert (dict(stats.reads), dict(stats.fallbacks)) == ({name: 1, "primary": 1}, {"asked": 1})
