@@ -100,7 +100,7 @@ class Comparison:
     b: list[Burst] = field(default_factory=list)
 
     def median(self, side: list[Burst], what: str) -> float:
-        return statistics.median(getattr(burst, what) for burst in side)
+        return float(statistics.median(float(getattr(burst, what)) for burst in side))
 
     @property
     def ratios(self) -> list[float]:
@@ -166,7 +166,7 @@ async def _seed(server: Server, path: Path, tag: str) -> Path:
             )
             account.raise_for_status()
             lines.append(f"{user.json()['token']} {account.json()['id']}\n")
-    path.write_text("".join(lines))
+    await asyncio.to_thread(path.write_text, "".join(lines))
     return path
 
 
