@@ -47,6 +47,7 @@ class Replication:
             "DATABASE_REPLICA_URLS": self.replica_url,
             "DATABASE_CAUSAL_REDIS_URL": CAUSAL_REDIS_URL,
             "DATABASE_REPLICA_POLL_INTERVAL": 0.05,
+            "DATABASE_PGBOUNCER": False,  # the private cluster is reached directly, in any run
             **extra,
         }
 

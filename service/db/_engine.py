@@ -57,7 +57,7 @@ def make_engine(
     *,
     connect_timeout: float | None = None,
     command_timeout: float | None = None,
-    pgbouncer: bool = False,
+    pgbouncer: bool | None = None,
     **options: Any,
 ) -> AsyncEngine:
     """Create an async engine for ``url``; ``options`` go to ``create_async_engine``.
@@ -75,7 +75,9 @@ def make_engine(
     request instead of hanging it. SQLite has neither: it waits for its write
     lock by its busy timeout.
 
-    ``pgbouncer=True``: the URL is a PgBouncer in transaction mode, where
+    ``pgbouncer=True`` (by default, the ``DATABASE_PGBOUNCER`` environment variable: every
+    engine of a process that reaches PostgreSQL through PgBouncer needs it, the app's, its
+    scripts', its tests'): the URL is a PgBouncer in transaction mode, where
     consecutive transactions of one connection may run on different server
     connections, so a statement prepared in one may be missing (or taken, under
     the same name) in the next. Statements are then prepared unnamed, in the
@@ -93,7 +95,7 @@ def make_engine(
         connect_args: dict[str, Any] = {
             name: value for name, value in timeouts.items() if value is not None
         }
-        if pgbouncer:
+        if _flag(os.environ.get("DATABASE_PGBOUNCER", "")) if pgbouncer is None else pgbouncer:
             connect_args.update(statement_cache_size=0, prepared_statement_cache_size=0)
         options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
         engine = create_async_engine(url, **options)

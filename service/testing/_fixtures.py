@@ -59,9 +59,7 @@ async def service_database(
     pytestconfig: pytest.Config, service_database_url: str, service_test_tables: Sequence[Table]
 ) -> AsyncIterator[TestDatabase]:
     """The schema, built once for the session in the tests' own database."""
-    # Through PgBouncer in transaction mode, as the app's (DATABASE_PGBOUNCER, docs/replicas.md).
-    pgbouncer = os.environ.get("DATABASE_PGBOUNCER", "").lower() in ("1", "true", "yes", "on")
-    engine = make_engine(service_database_url, pgbouncer=pgbouncer)
+    engine = make_engine(service_database_url)
     try:
         metadata = pytestconfig.getini("service_metadata")
         if metadata:

@@ -286,6 +286,7 @@ async def test_the_choice_of_a_replica_costs_no_round_trip_and_a_write_costs_one
         ),
         "DATABASE_POOL_SIZE": 1,
         "DATABASE_MAX_OVERFLOW": 0,
+        "DATABASE_PGBOUNCER": False,  # the private cluster is reached directly, in any run
     }
     with_replica = {
         **settings,

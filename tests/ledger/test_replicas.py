@@ -48,6 +48,7 @@ async def ledger(replication: Replication, _migrated: str) -> AsyncIterator[tupl
             "DATABASE_REPLICA_URLS": replication.replica.url(LEDGER),
             "DATABASE_CAUSAL_REDIS_URL": CAUSAL_REDIS_URL,
             "DATABASE_REPLICA_POLL_INTERVAL": 0.05,
+            "DATABASE_PGBOUNCER": False,
             "JOBS_BACKEND": "eager",
             "RATE_LIMIT_ENABLED": False,
             "ACCESS_LOG": False,
