@@ -147,9 +147,10 @@ async def replicated(bin_dir: Path) -> AsyncIterator[Replicated]:
         primary.destroy()
 
 
-def replica_counters(log: str) -> Counter[str]:
-    """The read counters of every server process, summed from their last counter lines."""
-    last: dict[Any, dict[str, int]] = {}
+def replica_counters(log: str) -> tuple[Counter[str], Counter[str]]:
+    """Reads by server and fall-backs by reason of every server process, summed from each
+    process's last counter line."""
+    last: dict[Any, dict[str, dict[str, int]]] = {}
     for line in log.splitlines():
         if '"service.db.replicas"' not in line or "replica counters" not in line:
             continue
@@ -157,8 +158,10 @@ def replica_counters(log: str) -> Counter[str]:
             record = json.loads(line[line.index("{") :])
         except ValueError:
             continue
-        last[record["pid"]] = record["replicas"]["reads"]
-    total: Counter[str] = Counter()
-    for reads in last.values():
-        total.update(reads)
-    return total
+        last[record["pid"]] = record["replicas"]
+    reads: Counter[str] = Counter()
+    fallbacks: Counter[str] = Counter()
+    for counters in last.values():
+        reads.update(counters["reads"])
+        fallbacks.update(counters["fallbacks"])
+    return reads, fallbacks

@@ -158,14 +158,15 @@ async def test_clients_read_their_writes_across_workers_and_hosts_while_replay_s
         elapsed = time.monotonic() - started
         await cluster.resume()
     scans = await asyncio.to_thread(cluster.replica_scans) - scans_before
-    reads = replica_counters(host_a.log_path.read_text() + host_b.log_path.read_text())
+    reads, fallbacks = replica_counters(host_a.log_path.read_text() + host_b.log_path.read_text())
     on_replica = sum(count for name, count in reads.items() if name != "primary")
 
     figures("pairs (write, then read back)", f"{tally.pairs} in {elapsed:.1f} s")
     figures("read back at once", tally.immediate)
     figures("replay paused", f"{tally.pauses} times")
     figures("stale reads", len(tally.stale))
-    figures("reads served by the replica (servers' counters)", dict(reads))
+    figures("read-only units by server (servers' counters)", dict(reads))
+    figures("... on the primary, by reason", dict(fallbacks))
     figures("scans the replica ran", scans)
     figures("answers", dict(tally.statuses))
     assert tally.pairs >= PAIRS
