@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +179,11 @@ async def test_clients_read_their_writes_across_workers_and_hosts_while_replay_s
 async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_lags(
     cluster: Replicated, tmp_path: Path, figures: Figures
 ) -> None:
-    """One job at a time per process: most statements wait, and are taken by a sweeper."""
+    """A statement covers a period that has ended: each deposit, made through the API, is then
+    dated yesterday on the primary (while the replica lags too), and yesterday's statement
+    asked for. One job at a time per process, so that jobs also wait for a sweeper."""
     env = cluster.env(**LAGGING, JOBS_CONCURRENCY="1", JOBS_SWEEP_INTERVAL="0.2")
-    today = datetime.now(UTC).date().isoformat()
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     async with serving("replicas-jobs", cluster.url, tmp_path, workers=2, env=env) as host:
         async with client(host) as http:
             people = await _people(http, 12, "jobs")
@@ -189,7 +191,10 @@ async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_
             await cluster.pause()
             try:
                 asked = await asyncio.gather(
-                    *(_statement_after_deposit(http, person, today) for person in people)
+                    *(
+                        _statement_after_deposit(http, cluster, person, yesterday)
+                        for person in people
+                    )
                 )
                 ready = await asyncio.gather(
                     *(
@@ -217,16 +222,22 @@ async def test_statement_jobs_enqueued_after_a_deposit_see_it_while_the_replica_
 
 
 async def _statement_after_deposit(
-    http: httpx.AsyncClient, person: Person, today: str
+    http: httpx.AsyncClient, cluster: Replicated, person: Person, yesterday: str
 ) -> tuple[int, int]:
     amount = random.randint(1, 10_000)
     deposit = await http.post(
         f"/accounts/{person.account}/deposits", json={"amount": amount}, headers=person.headers
     )
     assert deposit.status_code == 201
+    await asyncio.to_thread(
+        cluster.primary.sql,
+        "UPDATE entries SET created_at = created_at - interval '1 day'"
+        f" WHERE account_id = {int(person.account)}",
+        "replicated",
+    )
     asked = await http.post(
         f"/accounts/{person.account}/statements",
-        json={"from": today, "to": today},
+        json={"from": yesterday, "to": yesterday},
         headers=person.headers,
     )
     assert asked.status_code == 202, asked.text

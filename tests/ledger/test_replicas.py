@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from quart import Quart
@@ -154,17 +154,40 @@ async def test_a_token_made_while_the_replica_lags_works_at_once(
     assert (await api.client.get("/users/me", headers=newcomer.headers)).status_code == 200
 
 
+async def _deposited_yesterday(
+    api: Api, caller: Caller, account: int, amount: int, replication: Replication
+) -> str:
+    """A deposit through the API, dated yesterday on the primary: a statement covers only a
+    period that has ended. Both writes are newer than the paused replica."""
+    assert (await api.deposit(caller, account, amount)).status_code == 201
+    primary = create_async_engine(replication.primary.url(LEDGER), isolation_level="AUTOCOMMIT")
+    try:
+        async with primary.connect() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE entries SET created_at = created_at - interval '1 day'"
+                    " WHERE account_id = :account"
+                ),
+                {"account": account},
+            )
+    finally:
+        await primary.dispose()
+    return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
 async def test_a_statement_job_enqueued_after_a_deposit_sees_it_while_the_replica_lags(
     ledger: tuple[Api, Quart], replication: Replication
 ) -> None:
     api, _ = ledger
     ada, account, _ = await _ready(api, replication)
-    await api.deposit(ada, account, 1_250)
-    today = datetime.now(UTC).date().isoformat()
+    yesterday = await _deposited_yesterday(api, ada, account, 1_250, replication)
 
     asked = await api.client.post(
-        f"/accounts/{account}/statements", json={"from": today, "to": today}, headers=ada.headers
+        f"/accounts/{account}/statements",
+        json={"from": yesterday, "to": yesterday},
+        headers=ada.headers,
     )
+    assert asked.status_code == 202, await asked.get_data()
     statement = await api.client.get(
         f"/statements/{(await asked.get_json())['id']}", headers=ada.headers
     )
@@ -194,12 +217,11 @@ async def test_a_statement_job_taken_from_the_outbox_later_reads_from_its_claims
     that knows nothing of the enqueuer. Its claim's WAL position is its floor."""
     api, app = ledger
     ada, account, _ = await _ready(api, replication)
-    await api.deposit(ada, account, 900)
+    yesterday = date.fromisoformat(await _deposited_yesterday(api, ada, account, 900, replication))
     async with app.app_context():
         engine = db.engine
-    today = datetime.now(UTC).date()
     async with unit_of_work(bind=engine):  # outside any request: the job waits in the outbox
-        statement = await request_statement(ada.id, account, today, today)
+        statement = await request_statement(ada.id, account, yesterday, yesterday)
 
     assert await drain(bind=engine) == 1
     response = await api.client.get(f"/statements/{statement.id}", headers=ada.headers)
