@@ -84,14 +84,15 @@ $(DJANGO_STAMP):
 
 # Every lasting benchmark (bench/), each writing its figures to docs/benchmarks/results/<name>.md:
 # the five stacks, the ledger against a base commit, the layer against hand-written sessions,
-# the ledger under load, test isolation, the CSV import, the metrics' cost. About 35 minutes;
+# the ledger under load, test isolation, the CSV import, the metrics' cost, read replicas and
+# PgBouncer against direct connections. About 40 minutes;
 # `make bench QUICK=1`: fewer, shorter rounds, a smoke check (its results files say so).
 # PostgreSQL databases are named after BENCH_POSTGRES (bench_stacks_layer, bench_ledger_head,
 # bench_uow, ...).
 BENCH_QUICK := $(if $(QUICK),--quick,)
 BENCH_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/bench
 BENCH_ENV := BENCH_POSTGRES_URL=$(BENCH_POSTGRES)
-bench: install $(BENCH_STAMP) wrk $(DJANGO_STAMP)
+bench: install $(BENCH_STAMP) wrk pgbouncer $(DJANGO_STAMP)
 	$(BENCH_ENV) $(BIN)/python bench/stacks.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/ledger.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/uow.py $(BENCH_QUICK)
@@ -99,6 +100,7 @@ bench: install $(BENCH_STAMP) wrk $(DJANGO_STAMP)
 	$(BENCH_ENV) $(BIN)/python bench/isolation.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/import_entries.py $(BENCH_QUICK)
 	$(BENCH_ENV) $(BIN)/python bench/metrics_cost.py $(BENCH_QUICK)
+	$(BIN)/python bench/replicas.py $(BENCH_QUICK)
 
 # The layer against hand-written SQLAlchemy, FastAPI + advanced-alchemy, Django and the raw-driver
 # ceiling, on PostgreSQL and SQLite (bench/stacks.py): about 10 minutes.
@@ -115,9 +117,8 @@ bench-instructions: install
 	$(BENCH_ENV) $(BIN)/python bench/uow_instructions.py $(BENCH_QUICK)
 
 # GET and deposit through PgBouncer (transaction mode), and with a read replica, against direct
-# connections, same run, on a private primary, replica, PgBouncer and Redis. `QUICK=1`: shorter.
-bench-replicas: install pgbouncer
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+# connections, same run, on a private primary, replica, PgBouncer and Redis (about 3 minutes).
+bench-replicas: install wrk pgbouncer
 	$(BIN)/python bench/replicas.py $(BENCH_QUICK)
 
 clean:

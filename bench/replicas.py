@@ -19,8 +19,8 @@ Each server has users of its own, seeded through the API. wrk drives ``GET
 /accounts/{id}`` and deposits, spread over the users, in alternating bursts: after a
 warm-up, rounds of one burst a side, the order flipping each round. Printed: the
 medians of req/s and p50/p99 per side, A/B, and the range of the per-round ratios
-(the noise), and writes the table to ``docs/benchmarks/results/replicas.md``, which
-``docs/replicas.md`` includes. Speed claims are these ratios, from one run.
+(the noise), and writes the table to ``docs/benchmarks/results/replicas.md``, which the
+benchmarks page includes. Speed claims are these ratios, from one run.
 
 Usage: ``python bench/replicas.py [--quick] [--rounds N] [--seconds S]``
 """
@@ -46,11 +46,10 @@ from types import FrameType
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "docs" / "benchmarks" / "results" / "replicas.md"
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `reliability` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.servers import Server  # noqa: E402 - importable once the path is set
+from bench.harness import Server, markdown_table, write_results  # noqa: E402 - path set
 from reliability.pgbouncer import PgBouncer, find_pgbouncer  # noqa: E402
 from reliability.postgres import find_postgres_bin  # noqa: E402
 from reliability.replication import replicated  # noqa: E402
@@ -172,24 +171,27 @@ async def _seed(server: Server, path: Path, tag: str) -> Path:
     return path
 
 
-def _markdown(results: list[Comparison], rounds: int, seconds: int) -> str:
-    lines = [
-        f"Medians of {rounds} alternating rounds of {seconds} s a side (wrk -c{CONNECTIONS}, one "
-        "Hypercorn worker a server, on a private primary, replica, PgBouncer and Redis).",
-        "",
-        "| endpoint | A vs B | A req/s | B req/s | A / B | per-round A / B | A p50 ms | B p50 ms "
-        "| A p99 ms | B p99 ms |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
+def _markdown(results: list[Comparison]) -> str:
+    rows = []
     for r in results:
         a, b = r.median(r.a, "rate"), r.median(r.b, "rate")
-        lines.append(
-            f"| {r.endpoint} | {r.a_label} vs {r.b_label} | {a:,.0f} | {b:,.0f} "
-            f"| {a / b if b else 0.0:.3f} | {min(r.ratios):.2f}-{max(r.ratios):.2f} "
-            f"| {r.median(r.a, 'p50_ms'):.1f} | {r.median(r.b, 'p50_ms'):.1f} "
-            f"| {r.median(r.a, 'p99_ms'):.1f} | {r.median(r.b, 'p99_ms'):.1f} |"
+        rows.append(
+            [
+                r.endpoint,
+                f"{r.a_label} vs {r.b_label}",
+                f"{a:,.0f}",
+                f"{b:,.0f}",
+                f"{a / b if b else 0.0:.3f}",
+                f"{min(r.ratios):.2f}-{max(r.ratios):.2f}",
+                f"{r.median(r.a, 'p50_ms'):.1f}",
+                f"{r.median(r.b, 'p50_ms'):.1f}",
+                f"{r.median(r.a, 'p99_ms'):.1f}",
+                f"{r.median(r.b, 'p99_ms'):.1f}",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    header = ["endpoint", "A vs B", "A req/s", "B req/s", "A / B", "per-round A / B"]
+    header += ["A p50 ms", "B p50 ms", "A p99 ms", "B p99 ms"]
+    return markdown_table(header, rows, left=2)
 
 
 def _table(results: list[Comparison]) -> None:
@@ -278,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(_run(rounds, seconds, Path(tmp)))
     if results:
         _table(results)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(_markdown(results, rounds, seconds))
-        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+        how = (
+            f"Medians of {rounds} alternating rounds of {seconds} s a side, wrk -c{CONNECTIONS}, "
+            "one Hypercorn worker a server, on a private primary, replica, PgBouncer and Redis."
+        )
+        write_results("replicas", how, _markdown(results), quick=args.quick)
     print(f"\ntotal {time.monotonic() - started:.0f}s")
     return 0
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from bench.servers import free_port
+from bench.harness import free_port
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
 

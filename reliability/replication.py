@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bench.ledger_load import prepare_database
-from bench.servers import free_port
+from bench.harness import free_port, prepare_database
 from reliability.postgres import PrivateCluster
 
 __all__ = ["PrivateRedis", "Replicated", "replica_counters", "replicated"]

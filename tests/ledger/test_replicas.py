@@ -18,7 +18,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.ledger_load import prepare_database
+from bench.harness import prepare_database
 from service.app import create_app, db
 from service.db import ReplicaStats, unit_of_work
 from service.jobs import drain
