@@ -81,7 +81,8 @@ def _foreign_keys_off(connection: Any, record: Any) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = make_engine(_database_url(), poolclass=pool.NullPool)
+    pgbouncer = Settings().database_pgbouncer  # DATABASE_PGBOUNCER, as the app's engine
+    engine = make_engine(_database_url(), poolclass=pool.NullPool, pgbouncer=pgbouncer)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _foreign_keys_off)
     try:

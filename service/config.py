@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +63,30 @@ class Settings(BaseSettings):
     ``max_connections`` (100 by default), e.g. at most 5 workers per database server.
     """
 
+    database_pgbouncer: bool = False
+    """``true`` when ``DATABASE_URL`` (and the replicas' URLs) go through PgBouncer in transaction
+    mode: statements are then prepared unnamed and never cached (docs/replicas.md)."""
+
+    database_replica_urls: str = ""
+    """Streaming replicas of the primary, separated by commas or spaces: read-only requests
+    (GET, HEAD) read from one that has replayed the caller's last write (docs/replicas.md)."""
+
+    database_replica_max_lag: float = Field(default=10.0, gt=0)
+    """Seconds a replica may be behind the primary and stay in the rotation."""
+
+    database_replica_poll_interval: float = Field(default=0.1, gt=0)
+    """Seconds between two polls of the replicas' replay positions (and the primary's)."""
+
+    database_replica_log_interval: float = Field(default=60.0, gt=0)
+    """Seconds between two log lines of the replica counters (reads, fall-backs, lag)."""
+
+    database_causal_redis_url: str | None = None
+    """Where callers' write positions are kept, shared by every worker and host (needed with
+    replicas): ``redis://host:port/db``."""
+
+    database_causal_ttl: float = Field(default=30.0, gt=0)
+    """Seconds a caller's write position is kept: longer than the replicas' maximum lag."""
+
     body_timeout: float = 10.0
     """Seconds a request's body may take to arrive before the request answers 408.
 
@@ -108,9 +132,10 @@ class Settings(BaseSettings):
     access_log: bool = True
     """One JSON line per request, and one per movement of money, on standard error."""
 
-    def engine_options(self) -> dict[str, float]:
+    def engine_options(self) -> dict[str, Any]:
         """The engine settings as ``make_engine()`` takes them, for engines made outside the app."""
         return {
+            "pgbouncer": self.database_pgbouncer,
             "connect_timeout": self.database_connect_timeout,
             "command_timeout": self.database_command_timeout,
             "pool_timeout": self.database_pool_timeout,

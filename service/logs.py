@@ -1,5 +1,6 @@
 """Structured logs: one JSON line per request (``service.access``) and per movement of money
-(``service.money``), on standard error, with python-json-logger.
+(``service.money``), on standard error, with python-json-logger. With read replicas, the
+layer's replica lines too (``service.db.replicas``: rotation changes, counters).
 
 An access line has the request id, method, route template (``/accounts/<int:account_id>``,
 never the path with its ids), final status, duration in milliseconds and the caller's user
@@ -23,12 +24,13 @@ __all__ = ["ACCESS", "MONEY", "configure", "init_app", "set_user"]
 
 ACCESS = logging.getLogger("service.access")
 MONEY = logging.getLogger("service.money")
+REPLICAS = logging.getLogger("service.db.replicas")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure() -> None:
-    """Give both loggers a JSON handler on standard error, once per process."""
-    for logger in (ACCESS, MONEY):
+def configure(*loggers: logging.Logger) -> None:
+    """Give the loggers (both by default) a JSON handler on standard error, once per process."""
+    for logger in loggers or (ACCESS, MONEY):
         if not any(getattr(handler, "_service_json", False) for handler in logger.handlers):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(
@@ -69,6 +71,8 @@ def _line(status: int | None) -> dict[str, Any]:
 
 
 def init_app(app: Quart) -> None:
+    if app.config.get("DATABASE_REPLICA_URLS"):
+        configure(REPLICAS)
     if not app.config["ACCESS_LOG"]:
         return
     configure()

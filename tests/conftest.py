@@ -20,7 +20,7 @@ from tests.bookclub.conftest import AUDIT_TABLE, CLUB_TABLES
 from tests.db.models import Part, Widget
 from tests.newcomer.models import Author, Book
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.replication"]
 
 
 @pytest.fixture(scope="session")

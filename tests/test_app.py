@@ -143,15 +143,20 @@ def test_the_layer_exports_a_small_public_surface() -> None:
         "NotLoadedError",
         "Page",
         "Query",
+        "ReplicaStats",
         "RolledBackError",
         "UTCDateTime",
         "UnitOfWorkError",
+        "caller",
         "events",
         "make_engine",
         "on_commit",
+        "read_from_primary",
+        "reading_after",
         "session",
         "streaming_body",
         "unit_of_work",
+        "wal_position",
     ]
     assert all(hasattr(service.db, name) for name in service.db.__all__)
 

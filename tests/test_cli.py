@@ -21,13 +21,14 @@ from click.testing import CliRunner
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.cli import in_unit_of_work
 from service.db.testing import running_coroutines_with
 from service.ledger.factories import AccountFactory, UserFactory
 from service.ledger.models import Account, Entry, User
 from service.testing import Cli
+from tests.databases import plain_engine
 from tests.db.models import Widget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,7 +254,7 @@ async def test_db_upgrade_migrates_and_serve_serves(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/served.db"
     code, output = await _service("db", "upgrade", database_url=url)
     assert code == 0, output
-    engine = create_async_engine(url)
+    engine = plain_engine(url)
     async with engine.connect() as connection:
         version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     await engine.dispose()

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.databases import scratch_postgres_database
+from tests.databases import plain_engine, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 LEDGER_TABLES = {
@@ -44,7 +43,7 @@ async def _alembic(*args: str, url: str) -> str:
 
 
 async def _tables(url: str) -> set[str]:
-    engine = create_async_engine(url)
+    engine = plain_engine(url)
     try:
         async with engine.connect() as connection:
             return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
@@ -79,7 +78,7 @@ async def test_a_users_token_from_before_0005_keeps_working_after_it(
 ) -> None:
     await _alembic("upgrade", "0003", url=empty_database)
     secret = "a-token-issued-before-prefixes"
-    engine = create_async_engine(empty_database)
+    engine = plain_engine(empty_database)
     try:
         async with engine.begin() as connection:
             await connection.execute(
@@ -110,7 +109,7 @@ async def test_a_users_token_from_before_0005_keeps_working_after_it(
 
     # And back: the user keeps that token in the old column.
     await _alembic("downgrade", "0003", url=empty_database)
-    engine = create_async_engine(empty_database)
+    engine = plain_engine(empty_database)
     try:
         async with engine.connect() as connection:
             stored = await connection.scalar(text("SELECT token_hash FROM users WHERE id = 7"))

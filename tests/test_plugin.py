@@ -13,9 +13,8 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.databases import scratch_postgres_database
+from tests.databases import plain_engine, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
@@ -176,7 +175,7 @@ def _configure(pytester: pytest.Pytester, *, loop_scope: str = "session") -> Non
 
 
 async def _tables(url: str) -> list[str]:
-    engine = create_async_engine(url)
+    engine = plain_engine(url)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(lambda sync: inspect(sync).get_table_names())

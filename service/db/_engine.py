@@ -25,12 +25,20 @@ __all__ = [
     "make_engine",
 ]
 
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 CONFIG_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "DATABASE_CONNECT_TIMEOUT": ("connect_timeout", float),
     "DATABASE_COMMAND_TIMEOUT": ("command_timeout", float),
     "DATABASE_POOL_TIMEOUT": ("pool_timeout", float),
     "DATABASE_POOL_SIZE": ("pool_size", int),
     "DATABASE_MAX_OVERFLOW": ("max_overflow", int),
+    "DATABASE_PGBOUNCER": ("pgbouncer", _flag),
 }
 """Configuration keys (app config or environment) and the ``make_engine()`` option of each."""
 
@@ -49,6 +57,7 @@ def make_engine(
     *,
     connect_timeout: float | None = None,
     command_timeout: float | None = None,
+    pgbouncer: bool | None = None,
     **options: Any,
 ) -> AsyncEngine:
     """Create an async engine for ``url``; ``options`` go to ``create_async_engine``.
@@ -65,6 +74,16 @@ def make_engine(
     statement may take, so that a database that does not answer fails the
     request instead of hanging it. SQLite has neither: it waits for its write
     lock by its busy timeout.
+
+    ``pgbouncer=True`` (by default, the ``DATABASE_PGBOUNCER`` environment variable: every
+    engine of a process that reaches PostgreSQL through PgBouncer needs it, the app's, its
+    scripts', its tests'): the URL is a PgBouncer in transaction mode, where
+    consecutive transactions of one connection may run on different server
+    connections, so a statement prepared in one may be missing (or taken, under
+    the same name) in the next. Statements are then prepared unnamed, in the
+    exchange that runs them, and never cached (asyncpg's ``statement_cache_size=0``,
+    SQLAlchemy's ``prepared_statement_cache_size=0``): a round trip more per
+    statement, the price PgBouncer before 1.21 asks.
     """
     url = make_url(url)
     options.setdefault("poolclass", MeasuredPool)  # SQLAlchemy's, publishing events
@@ -73,7 +92,11 @@ def make_engine(
             options.setdefault("pool_pre_ping", True)
             return _published(create_async_engine(url, **options))
         timeouts = {"timeout": connect_timeout, "command_timeout": command_timeout}
-        connect_args = {name: value for name, value in timeouts.items() if value is not None}
+        connect_args: dict[str, Any] = {
+            name: value for name, value in timeouts.items() if value is not None
+        }
+        if _flag(os.environ.get("DATABASE_PGBOUNCER", "")) if pgbouncer is None else pgbouncer:
+            connect_args.update(statement_cache_size=0, prepared_statement_cache_size=0)
         options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
         engine = create_async_engine(url, **options)
         if not options.get("pool_pre_ping"):

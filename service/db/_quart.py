@@ -30,6 +30,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
 )
 
+from service.db import _causal as causal
 from service.db._cli import in_unit_of_work
 from service.db._engine import engine_options, make_engine
 from service.db._outage import OUTAGE_ERRORS, is_outage
@@ -39,6 +40,7 @@ from service.db._quart_context import (
     install,
     websocket_entry,
 )
+from service.db._replicas import ReplicaSet, ReplicaStats
 from service.db._session import RolledBackError, current_unit_of_work, session
 from service.db._unit_of_work import UnitOfWork
 
@@ -76,6 +78,7 @@ def streaming_body(view: _View) -> _View:
 class _AppState:
     options: dict[str, Any] = field(default_factory=dict)
     engine: AsyncEngine | None = None
+    replicas: ReplicaSet | None = None
 
 
 class Database:
@@ -166,6 +169,12 @@ class Database:
             )
         return engine
 
+    @property
+    def replica_stats(self) -> ReplicaStats | None:
+        """The current app's replica counters (``None`` without ``DATABASE_REPLICA_URLS``)."""
+        replicas = _state(current_app).replicas
+        return None if replicas is None else replicas.stats
+
 
 class _RequestHooks:
     """One app's lifecycle hooks, bound to its state (no lookup per request)."""
@@ -182,6 +191,8 @@ class _RequestHooks:
         options = {**engine_options(config), **self.state.options}
         engine = make_engine(config["DATABASE_URL"], **options)
         self.state.engine = engine
+        # replicas: polled from now on, if DATABASE_REPLICA_URLS names any
+        self.state.replicas = await causal.start_replicas(config, engine, options)
         if session.session_factory.kw.get("bind") is None:
             # The default for units of work outside requests; requests carry their app's.
             session.session_factory.configure(bind=engine)
@@ -191,6 +202,9 @@ class _RequestHooks:
         if engine is None:
             return
         self.state.engine = None
+        replicas, self.state.replicas = self.state.replicas, None
+        if replicas is not None:  # replicas
+            await causal.stop_replicas(replicas)
         await engine.dispose()
         if session.session_factory.kw.get("bind") is engine:
             session.session_factory.configure(bind=None)
@@ -205,6 +219,8 @@ class _RequestHooks:
         current: Request = request._get_current_object()  # type: ignore[attr-defined]
         if _announces_body(current) and not _streams_body(sender, current):
             await _receive_body(current)
+        if self.state.replicas is not None:  # replicas: the causal token the client sent back
+            causal.begin_request(current.headers)
         readonly = current.method in _READ_ONLY_METHODS
         UnitOfWork(readonly=readonly, bind=engine, entry="request").begin()
 
@@ -235,6 +251,8 @@ class _RequestHooks:
             # again; answer the client with the failure instead.
             logger.exception("commit failed; the request's changes were rolled back")
             return await _error_response(error, response)
+        if self.state.replicas is not None:  # replicas: the position of what it committed
+            await causal.end_request(self.state.replicas, response.headers)
         return response
 
     async def on_exception(self, sender: Quart, exception: BaseException, **extra: Any) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from service.db import _callbacks, _events
+from service.db._causal import route
 from service.db._engine import default_engine
 from service.db._events import Entry
 from service.db._readonly import STREAMED, autocommits, readonly_bind
@@ -125,6 +126,8 @@ class UnitOfWork:
         self._done: asyncio.Event | None = None
         self.ending = False
         """Set when ``end()`` begins: in tests, child units no longer share its connection."""
+        if readonly:  # replicas: a replica that has the caller's writes, if one is configured
+            self.bind = route(self)
 
     def ancestors(self) -> Iterator[UnitOfWork]:
         """The parent's unit of work, its parent's, and so on."""
@@ -361,10 +364,13 @@ class unit_of_work:  # noqa: N801 - reads as a function, like contextlib's
         if current is not None:
             self._savepoint = await session().begin_nested()
             return
-        # An explicit bind; else the current app's engine (a websocket, a background task, a
-        # CLI command); else the first serving app's (or the test's connection); else a
-        # script's, from DATABASE_URL if it is set.
-        bind = self.bind or await context_bind()
+        # An explicit bind; else, in a child task, the database of the unit it was started
+        # from; else the current app's engine (a websocket, a background task, a CLI command);
+        # else the first serving app's (or the test's connection); else a script's, from
+        # DATABASE_URL if it is set.
+        bind = (
+            self.bind or _inherited(_current.get(), readonly=self.readonly) or await context_bind()
+        )
         if bind is None and not has_configured_bind():
             bind = await default_engine()
         unit = UnitOfWork(readonly=self.readonly, bind=bind)
@@ -433,6 +439,17 @@ def _open(current: AsyncSession, savepoint: AsyncSessionTransaction) -> bool:
             return True
         transaction = transaction.parent
     return False
+
+
+def _inherited(parent: UnitOfWork | None, *, readonly: bool) -> Bind | None:
+    """The bind of the unit a child task's unit was started from (another task's), if any.
+
+    A read-only unit's bind (in autocommit, or a replica's) is inherited by read-only
+    children only: a writing child of a read-only unit gets the default engine.
+    """
+    if parent is None or (parent.readonly and not readonly):
+        return None
+    return parent.bind
 
 
 def is_retryable(error: DBAPIError) -> bool:

@@ -25,11 +25,12 @@ from typing import Any
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import _callbacks
 from service.db._callbacks import CapturedCallbacks
 from service.db._cli import running_coroutines_with
+from service.db._engine import make_engine
 from service.db._session import join_sessions_to
 
 __all__ = [
@@ -153,7 +154,8 @@ async def test_database(url: str, *, prefix: str = "test_") -> AsyncIterator[str
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"test databases are made on SQLite and PostgreSQL, not {parsed!r}")
     name = f"{prefix}{parsed.database}"
-    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    # make_engine: fit for PgBouncer when DATABASE_PGBOUNCER says the server is behind one.
+    admin = make_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as connection:
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

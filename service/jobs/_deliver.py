@@ -16,7 +16,7 @@ import traceback
 from datetime import timedelta
 from typing import Literal
 
-from service.db import events, unit_of_work
+from service.db import events, reading_after, unit_of_work
 from service.db._session import Bind
 from service.jobs import _admin, _events, _outbox
 from service.jobs._events import Delivered, JobEnded, JobStarted
@@ -85,7 +85,9 @@ async def _deliver(delivery: Delivery, bind: Bind | None) -> tuple[Outcome, Exce
         lost = JobLost(f"its process was lost during attempt {delivery.attempt - 1}")
         return await _record(job, delivery, lost, bind=bind, final=True), lost
     try:
-        await unit_of_work(bind=bind, retries=job.retries)(_body_then_ack)(job, delivery)
+        # Read-only units of the body, if any, read what the job's enqueuer wrote.
+        with reading_after(delivery.position):
+            await unit_of_work(bind=bind, retries=job.retries)(_body_then_ack)(job, delivery)
     except LeaseLost:
         logger.warning("job %s (%s): another delivery took it over", delivery.id, job.name)
         return "lost", None

@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Model, session
+from service.db import Model, session, wal_position
 
 __all__ = [
     "ACTIVE",
@@ -70,6 +70,7 @@ STATES = ("scheduled", "queued", "running", "dead")
 ACTIVE = ("queued", "running")
 """States in which a delivery holds the job."""
 _RENEW_CHUNK = 400  # (id, attempts) pairs per statement, under SQLite's variable limit
+_POSITION = wal_position().label("position")
 
 
 def utcnow() -> datetime:
@@ -127,6 +128,11 @@ class Delivery:
     args: tuple[Any, ...]
     deadline: datetime
     headers: Mapping[str, str] = field(default_factory=dict)
+    position: str | None = None
+    """Where the database's WAL was when the delivery was taken (PostgreSQL): past the
+    commit of the job's enqueuer, so the job reads what its enqueuer wrote on any replica
+    (``service.db.reading_after``). ``None`` when not known (a kick in the enqueuing process
+    carries its enqueuer's position in its context instead)."""
 
     @property
     def token(self) -> tuple[int, int]:
@@ -134,7 +140,15 @@ class Delivery:
 
 
 def _delivery(row: Any, deadline: datetime) -> Delivery:
-    return Delivery(row.id, row.attempts, row.name, tuple(row.args), deadline, row.headers or {})
+    return Delivery(
+        row.id,
+        row.attempts,
+        row.name,
+        tuple(row.args),
+        deadline,
+        row.headers or {},
+        getattr(row, "position", None),
+    )
 
 
 async def due(now: datetime | None = None) -> bool:
@@ -201,7 +215,7 @@ async def take(
             due_at=deadline,
             queued_at=now,
         )
-        .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers)
+        .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers, _POSITION)
         .execution_options(synchronize_session=False)
     )
     return sorted((_delivery(row, deadline) for row in rows), key=lambda d: d.id)
@@ -273,7 +287,9 @@ async def claim(job_id: int, attempt: int, *, owner: str, lease: timedelta) -> D
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state == "queued")
             .values(state="running", owner=owner, due_at=deadline)
-            .returning(JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers)
+            .returning(
+                JobRow.id, JobRow.attempts, JobRow.name, JobRow.args, JobRow.headers, _POSITION
+            )
             .execution_options(synchronize_session=False)
         )
     ).first()

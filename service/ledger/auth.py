@@ -5,6 +5,14 @@ no write: a token's ``last_used_at`` is brought up to date at most about once a
 minute, after the response, in a short unit of work of its own, so that a GET
 stays a read-only unit of work. Nothing about a token's validity is cached
 between requests: a revoked token is refused by every worker at once.
+
+With read replicas the user is the caller whose writes a request must see
+(``service.db.caller``), and the token's own row must be as fresh as they are:
+a process remembers which user a token belongs to (never whether it is valid),
+so that a request names its caller before the look-up and reads it from a
+server that has the user's last write (a revocation, say). A token found
+nowhere on a replica is looked up again on the primary: it may be newer than
+the replica.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import secrets
 import string
 import time
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from quart import Quart, current_app, g, request
 from sqlalchemy import Table, bindparam, func, or_, select, update
 
 from service import logs, ratelimit
-from service.db import session, unit_of_work
+from service.db import caller, read_from_primary, session, unit_of_work
 from service.errors import ApiError
 from service.ledger.models import Token, User, utcnow
 from service.ledger.schemas import MAX_TOKENS
@@ -38,6 +46,9 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 _SHAPES = re.compile(rf"{PREFIX}[A-Za-z0-9]{{{_SECRET_LENGTH}}}|[A-Za-z0-9_-]{{43}}")
 """What a token can look like: ours, or one from before prefixes (``token_urlsafe(32)``).
 Anything else cannot be a token, and is refused without a look in the database."""
+_owners: dict[str, int] = {}
+"""Token hash -> its user, as seen by this process: a hint to name the caller before the look-up
+(a token never changes owner; whether it is still valid is looked up every time)."""
 _scheduled: dict[str, float] = {}
 """Token hash -> monotonic time this process last scheduled a touch of it (ids can be reused:
 by SQLite after a rollback, say; a hash names one token)."""
@@ -61,7 +72,12 @@ def shown_prefix(secret: str) -> str:
 async def issue(
     user_id: int, name: str, *, expires_in: timedelta | None = None
 ) -> tuple[Token, str]:
-    """A new token of the user, saved in the current unit of work, and its secret."""
+    """A new token of the user, saved in the current unit of work, and its secret.
+
+    The user is the request's caller from now on (a registration has none before):
+    with replicas, their next requests read this write.
+    """
+    await caller(str(user_id))
     secret, token_hash = new_token()
     now = utcnow()
     token = await Token.create(
@@ -121,7 +137,7 @@ async def authenticate() -> None:
         await ratelimit.check("failed_auth", address)
         await _failed(address)
     async with ratelimit.reserving("failed_auth", address):
-        row = (await session.execute(_BY_HASH, {"token_hash": token_hash})).one_or_none()
+        row = await _look_up(token_hash)
         now = utcnow()
         if row is None or (row.expires_at is not None and row.expires_at <= now):
             await _failed(address)  # counted while still reserved: never neither
@@ -136,6 +152,27 @@ async def authenticate() -> None:
 async def _failed(address: str) -> NoReturn:
     await ratelimit.hit("failed_auth", address)
     raise _unauthorized()
+
+
+async def _look_up(token_hash: str) -> Any:
+    """The token's row, read where the user's own writes are visible (see the module's doc)."""
+    owner = _owners.get(token_hash)
+    if owner is not None:
+        await caller(str(owner))
+    row = await _row(token_hash)
+    if row is None:
+        return await _row(token_hash) if await read_from_primary() else None
+    if row.user_id != owner:
+        if len(_owners) > 100_000:
+            _owners.clear()
+        _owners[token_hash] = row.user_id
+        if await caller(str(row.user_id)):  # it was read where the user's writes were not yet
+            row = await _row(token_hash)
+    return row
+
+
+async def _row(token_hash: str) -> Any:
+    return (await session.execute(_BY_HASH, {"token_hash": token_hash})).one_or_none()
 
 
 def current_user_id() -> int:

@@ -85,11 +85,11 @@ async def compute_statement(statement_id: int) -> None:
     # A task of its own for a unit of work of its own, read-only: the job's unit has not
     # used the database yet, so it holds no lock while the entries are read.
     figures = await asyncio.create_task(_figures(statement_id, bind=session.bind))
-    if figures is None:
-        return
     statement = await Statement.get(statement_id)
     if statement is None or statement.status != "pending":
         return
+    if figures is None:  # the read did not see the pending statement: never leave it pending
+        raise RuntimeError(f"statement {statement_id} was not found where its figures were read")
     await statement.update(status="ready", completed_at=utcnow(), **figures)
 
 

@@ -19,13 +19,14 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.harness import Server
 from service.db.testing import test_database
 from service.testing import raise_propagated_errors
 from tests.bookclub.app import create_app
 from tests.bookclub.models import AuditBase, AuditEntry, Loan, Member, Tag, Volume
+from tests.databases import plain_engine as make_plain_engine
 
 Serve = Callable[..., Awaitable[tuple[Quart, Client]]]
 Stored = Callable[[Any], Awaitable[list[Any]]]
@@ -39,7 +40,7 @@ AUDIT_TABLE = AuditEntry.__table__
 async def audit_database_url(service_database_url: str) -> AsyncIterator[str]:
     """A second database, with the audit table, for ``unit_of_work(bind=...)``."""
     async with test_database(service_database_url, prefix="audit_") as url:
-        engine = create_async_engine(url)
+        engine = make_plain_engine(url)
         async with engine.begin() as connection:
             await connection.run_sync(AuditBase.metadata.create_all)
         await engine.dispose()
@@ -49,7 +50,7 @@ async def audit_database_url(service_database_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def plain_engine(service_database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine of SQLAlchemy's own on the test database, none of the layer's doing."""
-    engine = create_async_engine(service_database_url)
+    engine = make_plain_engine(service_database_url)
     yield engine
     await engine.dispose()
 
@@ -109,7 +110,7 @@ class AuditEntries:
 @pytest.fixture
 async def audit_entries(audit_database_url: str) -> AsyncIterator[AuditEntries]:
     """The audit database's entries, emptied after the test."""
-    entries = AuditEntries(create_async_engine(audit_database_url))
+    entries = AuditEntries(make_plain_engine(audit_database_url))
     yield entries
     await entries.clear()
     await entries.engine.dispose()

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.databases import scratch_postgres_database
+from tests.databases import plain_engine, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +80,10 @@ def run(connection):
 
 
 async def main():
-    engine = create_async_engine(os.environ["DATABASE_URL"])
+    options = {}
+    if os.environ.get("DATABASE_PGBOUNCER") == "true":  # behind PgBouncer in transaction mode
+        options["connect_args"] = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    engine = create_async_engine(os.environ["DATABASE_URL"], **options)
     async with engine.connect() as connection:
         await connection.run_sync(run)
         await connection.commit()
@@ -128,7 +130,7 @@ async def developers_database(
 
 
 async def _tables(url: str) -> list[str]:
-    engine = create_async_engine(url)
+    engine = plain_engine(url)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(lambda sync: inspect(sync).get_table_names())

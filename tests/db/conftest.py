@@ -7,9 +7,10 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.testing import raise_propagated_errors
+from tests.databases import plain_engine
 from tests.db.app import Probe, make_layer_app, probe
 from tests.db.models import Widget
 
@@ -22,7 +23,7 @@ async def reader(
     service_database_url: str, service_engine: AsyncEngine
 ) -> AsyncIterator[AsyncEngine]:
     """A plain engine, none of the layer's doing, to read what was really committed."""
-    reader = create_async_engine(service_database_url)
+    reader = plain_engine(service_database_url)
     yield reader
     await reader.dispose()
 

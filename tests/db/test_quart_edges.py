@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import db
-from service.db import Database, Model, make_engine, session
+from service.db import Database, Model, make_engine, session, unit_of_work
 from service.errors import register_error_handlers
 from tests.db.app import make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve
@@ -146,6 +147,44 @@ async def test_two_apps_in_one_process_write_to_their_own_databases(
 
     assert sorted(await _names(first_url)) == ["a", "a2"]
     assert await _names(second_url) == ["b"]
+
+
+@pytest.mark.service_committing
+async def test_units_in_child_tasks_of_a_second_apps_request_use_its_database(
+    two_apps: tuple[Quart, Quart, str, str],
+) -> None:
+    first, second, first_url, second_url = two_apps
+    async with first.test_app():
+        async with second.test_app():  # the first app's engine is the default one
+            response = await second.test_client().post("/widgets/gather-units")
+            assert response.status_code == 201
+
+    assert await _names(first_url) == []
+    assert sorted(await _names(second_url)) == ["unit-1", "unit-2"]
+
+
+@unit_of_work()
+async def _create_widget(name: str) -> None:
+    await Widget.create(name=name)
+
+
+@pytest.mark.service_committing
+async def test_a_unit_in_a_child_task_uses_the_database_of_the_unit_it_was_started_from(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/own.db"
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(
+                Model.metadata.create_all, tables=[Model.metadata.tables["test_widgets"]]
+            )
+        async with unit_of_work(bind=engine):  # another database than the default one
+            await asyncio.create_task(_create_widget("from a child task"))
+    finally:
+        await engine.dispose()
+
+    assert await _names(url) == ["from a child task"]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import Database, streaming_body
 from service.errors import register_error_handlers
+from tests.databases import plain_engine
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget
 
@@ -161,9 +162,7 @@ async def test_a_streaming_route_opts_out_and_may_use_the_database_as_the_body_a
 
 @pytest.fixture
 async def plain_reader(service_database_url: str) -> AsyncIterator[AsyncEngine]:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(service_database_url)
+    engine = plain_engine(service_database_url)
     yield engine
     await engine.dispose()
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import UnitOfWorkError, make_engine, on_commit, session, unit_of_work
+from tests.databases import PGBOUNCER
 from tests.db.conftest import ReadNames
 from tests.db.models import Widget
 
@@ -24,7 +25,7 @@ from tests.db.models import Widget
 async def serializable(service_database_url: str) -> AsyncIterator[AsyncEngine]:
     if not service_database_url.startswith("postgresql"):
         pytest.skip("needs concurrent writers: PostgreSQL (the PostgreSQL run has it)")
-    engine = make_engine(service_database_url, isolation_level="SERIALIZABLE")
+    engine = make_engine(service_database_url, isolation_level="SERIALIZABLE", pgbouncer=PGBOUNCER)
     yield engine
     await engine.dispose()
 

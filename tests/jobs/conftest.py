@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from quart import Quart
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.jobs import JobRow
+from tests.databases import plain_engine
 from tests.db.models import Widget
 from tests.jobs import examples
 from tests.service_app import make_service_test_app
@@ -31,7 +32,7 @@ def fresh_examples() -> None:
 @pytest.fixture(scope="session")
 async def reader(service_database_url: str) -> AsyncIterator[AsyncEngine]:
     """A plain engine, none of the layer's doing (no BEGIN IMMEDIATE), to read what is stored."""
-    reader = create_async_engine(service_database_url)
+    reader = plain_engine(service_database_url)
     yield reader
     await reader.dispose()
 

@@ -22,6 +22,7 @@ from service.db import make_engine, unit_of_work
 from service.jobs import Dispatcher, JobRow, job
 from service.jobs._dispatcher import spawn_task
 from service.jobs._outbox import utcnow
+from tests.databases import PGBOUNCER
 from tests.db.models import Widget
 
 LEASE = timedelta(seconds=2)
@@ -62,7 +63,7 @@ async def _finished() -> bool:
 
 
 async def _run(url: str) -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, pgbouncer=PGBOUNCER)
     tasks: set[asyncio.Task[Any]] = set()
     stopping = asyncio.Event()
     dispatcher = Dispatcher(

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.ledger.models import Account, Entry, Transfer
+from tests.databases import plain_engine
 
 _numbers = itertools.count()
 
@@ -87,7 +88,7 @@ class Ledger:
 
 @pytest.fixture(scope="session")
 async def ledger_reader(service_database_url: str, service_engine: AsyncEngine) -> Any:
-    reader = create_async_engine(service_database_url)
+    reader = plain_engine(service_database_url)
     yield reader
     await reader.dispose()
 

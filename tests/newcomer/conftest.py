@@ -8,9 +8,10 @@ from contextlib import AsyncExitStack
 import pytest
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.testing import raise_propagated_errors
+from tests.databases import plain_engine as make_plain_engine
 from tests.newcomer.app import create_app
 from tests.newcomer.models import Author
 
@@ -37,7 +38,7 @@ async def newcomer(service_database_url: str) -> AsyncIterator[Serve]:
 @pytest.fixture(scope="session")
 async def plain_engine(service_database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine of SQLAlchemy's own, none of the layer's doing."""
-    engine = create_async_engine(service_database_url)
+    engine = make_plain_engine(service_database_url)
     yield engine
     await engine.dispose()
 
