@@ -58,6 +58,7 @@ lint: install $(BENCH_STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # The documentation site (docs/, mkdocs.yml) into site/; any warning fails the build. (The
 # variable silences Material's banner about its future, printed on every build.)

@@ -1,6 +1,6 @@
 """The apps that ``bench/uow.py`` serves under Hypercorn.
 
-``layer_app()``: a Quart app with the unit-of-work layer (``service.db.Database``)
+``layer_app()``: a Quart app with the unit-of-work layer (``service.db.quart.Database``)
 installed and nothing else, ``DATABASE_URL`` read from the environment as the
 service reads it. It carries the same two endpoints written twice:
 
@@ -50,7 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.config import Settings
-from service.db import Database, Model
+from service.db import Model
+from service.db.quart import Database
 
 __all__ = ["TABLE", "BenchItem", "layer_app", "plain_app", "service_app"]
 

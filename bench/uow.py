@@ -229,7 +229,7 @@ def report(results: list[Result], plan: Plan) -> None:
     header += ["per-round median", "CPU A/B", f"target {THRESHOLD}"]
     notes = " ".join(
         [
-            "layer: `service.db.Database` on bare Quart.",
+            "layer: `service.db.quart.Database` on bare Quart.",
             "hand: `async_sessionmaker` on the same engine, in the same app.",
             "plain: bare Quart. service: `service.app.create_app()`.",
             "A/B: the ratio of the medians of req/s.",

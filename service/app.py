@@ -14,7 +14,8 @@ from werkzeug.routing import IntegerConverter
 
 from service import logs, metrics, modules, security, serialization, serving, tracing
 from service.config import Settings
-from service.db import Database, events, unit_of_work
+from service.db import events, session, unit_of_work
+from service.db.quart import Database
 from service.errors import JSONRequest, documents_errors, error_response, register_error_handlers
 from service.guard import Guard
 from service.jobs import Jobs, OutboxStats, outbox_stats
@@ -117,8 +118,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         """
         try:
             async with asyncio.timeout(current_app.config["READINESS_TIMEOUT"]):
-                async with db.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
+                await session.execute(text("SELECT 1"))  # the GET's read-only unit of work
         except Exception:
             current_app.logger.warning("readiness check failed", exc_info=True)
             return error_response(503, "database_unavailable", "The database does not answer.")

@@ -36,8 +36,8 @@ from quart import Quart, request, request_started
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import jobs
-from service.db import Database
 from service.db import events as db_events
+from service.db.quart import Database
 
 __all__ = ["Tracing", "configured", "init_app", "instrument_engine", "provider", "tracing"]
 

@@ -13,8 +13,10 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import inspect
 
 import service.db
+import service.db.quart
 from service.app import MAX_BODY_BYTES, create_app, db
-from service.db import Database, make_engine
+from service.db import make_engine
+from service.db.quart import Database
 from tests.service_app import make_service_test_app
 
 
@@ -109,6 +111,7 @@ async def test_the_engine_exists_only_while_serving() -> None:
             _ = db.engine
 
 
+@pytest.mark.service_committing  # the app's own pool, not the test's shared connection
 async def test_the_engine_is_disposed_when_serving_stops(service_database_url: str) -> None:
     # Eager jobs: no dispatcher whose sweeper would check connections in and out meanwhile.
     app = create_app({"DATABASE_URL": service_database_url, "JOBS_BACKEND": "eager"})
@@ -137,9 +140,10 @@ async def test_a_request_before_serving_starts_fails_clearly() -> None:
 
 def test_the_layer_exports_a_small_public_surface() -> None:
     assert service.db.__all__ == [
-        "Database",
+        "Bind",
         "KeysetPage",
         "Model",
+        "NotFoundError",
         "NotLoadedError",
         "Page",
         "Query",
@@ -148,16 +152,17 @@ def test_the_layer_exports_a_small_public_surface() -> None:
         "UTCDateTime",
         "UnitOfWorkError",
         "caller",
+        "current_unit_of_work",
         "events",
         "make_engine",
         "on_commit",
         "read_from_primary",
         "reading_after",
         "session",
-        "streaming_body",
         "unit_of_work",
         "wal_position",
     ]
+    assert service.db.quart.__all__ == ["Database", "streaming_body"]
     assert all(hasattr(service.db, name) for name in service.db.__all__)
 
 

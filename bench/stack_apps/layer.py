@@ -17,7 +17,8 @@ from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bench.stack_apps import POOL_SIZE
-from service.db import Database, Model
+from service.db import Model
+from service.db.quart import Database
 
 __all__ = ["Item", "app"]
 

@@ -106,7 +106,6 @@ async def _run(callbacks: list[Callback]) -> None:
             logger.exception("on_commit callback %r failed after the commit", callback)
 
 
-@event.listens_for(_Session, "after_commit")
 def _after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released; the outer transaction may still roll back
@@ -115,7 +114,6 @@ def _after_commit(session: Session) -> None:
         session.info.setdefault(_COMMITTED, []).extend(callback for _, callback in pending)
 
 
-@event.listens_for(_Session, "after_soft_rollback")
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
     pending: list[tuple[SessionTransaction | None, Callback]] | None = session.info.get(_PENDING)
     if not pending:
@@ -136,3 +134,9 @@ def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction
             return True
         transaction = transaction.parent
     return False
+
+
+def listen() -> None:
+    """Install this module's session listeners (``_listeners.install``)."""
+    event.listen(_Session, "after_commit", _after_commit)
+    event.listen(_Session, "after_soft_rollback", _after_soft_rollback)

@@ -22,11 +22,11 @@ units read from the primary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, event
 from sqlalchemy.engine import Connection
@@ -36,36 +36,27 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.util import await_
-from werkzeug.datastructures import Headers
 
-from service.db._engine import make_engine
+from service.db._context import Unit, current_unit_of_work
 from service.db._outage import is_outage
 from service.db._replicas import (
     PRIMARY_ONLY,
-    Replica,
     ReplicaSet,
     format_position,
     parse_position,
-    replica_name,
-    replica_urls,
-    setting,
 )
-from service.db._session import READONLY, _Session, current_unit_of_work
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from service.db._unit_of_work import UnitOfWork
+from service.db._session import READONLY, _Session
 
 __all__ = [
     "HEADER",
-    "CausalStore",
+    "Headers",
     "Reading",
     "caller",
     "read_from_primary",
     "reading_after",
+    "register",
     "route",
-    "start_replicas",
+    "unregister",
     "wal_position",
 ]
 
@@ -75,39 +66,9 @@ may send back: the primary's WAL position after that write (``16/B374D848``)."""
 
 logger = logging.getLogger("service.db.replicas")
 
-# Redis keeps the highest position it was given, and its TTL from the latest write.
-_RECORD = """
-local current = redis.call('GET', KEYS[1])
-if current and current >= ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return current
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
-"""
 _WROTE = "service.db.causal.wrote"
 _COUNTED = "service.db.causal.counted"  # in a read-only session's info: where it was counted
 _RECOVERY_CONFLICT = "40001"  # on a standby: a query cancelled by a conflict with recovery
-
-
-class CausalStore:
-    """Positions per caller in Redis: fixed-width hex, so that Redis compares them as text."""
-
-    def __init__(self, redis: Redis, *, ttl: float, prefix: str = "service.db.position:") -> None:
-        self.redis = redis
-        self.ttl_ms = int(ttl * 1000)
-        self.prefix = prefix
-        self._record = redis.register_script(_RECORD)
-
-    async def get(self, key: str) -> int | None:
-        stored = await self.redis.get(self.prefix + key)
-        return None if stored is None else int(stored, 16)
-
-    async def record(self, key: str, position: int) -> None:
-        await self._record(keys=[self.prefix + key], args=[f"{position:016x}", self.ttl_ms])
-
-    async def close(self) -> None:
-        await self.redis.aclose()
 
 
 @dataclass
@@ -126,6 +87,14 @@ class Reading:
     and why it is the primary, if it is."""
 
 
+class Headers(Protocol):
+    """A request's or a response's headers, as the web framework has them."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def __setitem__(self, key: str, value: str) -> None: ...
+
+
 _reading: ContextVar[Reading | None] = ContextVar("service_db_reading", default=None)
 
 # Every replica set of the process, by the read bind of its primary and of each replica.
@@ -135,56 +104,8 @@ _primaries: dict[object, ReplicaSet] = {}
 _installed = False
 
 
-async def start_replicas(
-    config: Mapping[str, Any], primary: AsyncEngine, engine_options: Mapping[str, Any]
-) -> ReplicaSet | None:
-    """The replicas ``config`` names for ``primary`` (``DATABASE_REPLICA_URLS``), polled and
-    routed to from now on; ``None`` if it names none."""
-    urls = replica_urls(config)
-    if not urls:
-        return None
-    if primary.dialect.name != "postgresql":
-        raise ValueError("DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL")
-    redis_url = config.get("DATABASE_CAUSAL_REDIS_URL")
-    if not redis_url:
-        raise ValueError(
-            "DATABASE_REPLICA_URLS needs DATABASE_CAUSAL_REDIS_URL (redis://host:port/db): "
-            "the positions of callers' writes are kept there, so that their next reads, on "
-            "any worker or host, see them."
-        )
-    max_lag = setting(config, "DATABASE_REPLICA_MAX_LAG")
-    poll_interval = setting(config, "DATABASE_REPLICA_POLL_INTERVAL")
-    ttl = float(config.get("DATABASE_CAUSAL_TTL") or 30.0)
-    if ttl <= max_lag + 2 * max(1.0, 10 * poll_interval):
-        raise ValueError(
-            f"DATABASE_CAUSAL_TTL ({ttl}s) must outlast DATABASE_REPLICA_MAX_LAG ({max_lag}s) "
-            "and the poller's staleness: a caller's position may expire only once every "
-            "replica in rotation has replayed it."
-        )
-    from redis.asyncio import Redis  # only with replicas: the layer imports no Redis otherwise
-
-    redis = Redis.from_url(str(redis_url), socket_timeout=1.0, socket_connect_timeout=1.0)
-    replicas = ReplicaSet(
-        primary,
-        [Replica(replica_name(url), make_engine(url, **engine_options)) for url in urls],
-        store=CausalStore(redis, ttl=ttl),
-        max_lag=max_lag,
-        poll_interval=poll_interval,
-        log_interval=setting(config, "DATABASE_REPLICA_LOG_INTERVAL"),
-    )
-    _register(replicas)
-    await replicas.start()
-    return replicas
-
-
-async def stop_replicas(replicas: ReplicaSet) -> None:
-    for bind in [bind for bind, found in _sets.items() if found is replicas]:
-        del _sets[bind]
-    _primaries.pop(replicas.primary.sync_engine, None)
-    await replicas.stop()
-
-
-def _register(replicas: ReplicaSet) -> None:
+def register(replicas: ReplicaSet) -> None:
+    """Route to ``replicas`` from now on (``_replica_start``)."""
     _install_listeners()
     _sets[replicas.primary_reads] = replicas
     for replica in replicas.replicas:
@@ -192,7 +113,13 @@ def _register(replicas: ReplicaSet) -> None:
     _primaries[replicas.primary.sync_engine] = replicas
 
 
-def route(unit: UnitOfWork) -> Any:
+def unregister(replicas: ReplicaSet) -> None:
+    for bind in [bind for bind, found in _sets.items() if found is replicas]:
+        del _sets[bind]
+    _primaries.pop(replicas.primary.sync_engine, None)
+
+
+def route(unit: Unit) -> Any:
     """The bind of a new read-only unit: a replica that has its reading's floor, if any.
 
     Called as the unit is made. Costs a truth test when no replica is configured,
@@ -312,7 +239,7 @@ async def read_from_primary() -> bool:
     return True
 
 
-def _reroute(unit: UnitOfWork, replicas: ReplicaSet, reading: Reading, why: str) -> bool:
+def _reroute(unit: Unit, replicas: ReplicaSet, reading: Reading, why: str) -> bool:
     """The floor rose: keep the unit's server if it had reached it when chosen, else move."""
     on_primary = unit.bind is replicas.primary_reads
     had, _ = reading.chosen.get(id(unit), (PRIMARY_ONLY if on_primary else 0, None))
@@ -325,7 +252,7 @@ def _reroute(unit: UnitOfWork, replicas: ReplicaSet, reading: Reading, why: str)
     return read_before
 
 
-def _move(unit: UnitOfWork, replicas: ReplicaSet, bind: AsyncEngine, why: str | None) -> None:
+def _move(unit: Unit, replicas: ReplicaSet, bind: AsyncEngine, why: str | None) -> None:
     """Later statements of ``unit`` go to ``bind`` (``why``: why the primary, if it is)."""
     # The session's connection to the old server stays checked out (idle, in autocommit)
     # until the unit ends.

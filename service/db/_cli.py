@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from service.db import _events
-from service.db._session import Bind
+from service.db._context import Bind
 from service.db._unit_of_work import unit_of_work
 
 __all__ = ["Runner", "in_unit_of_work", "running_coroutines_with"]

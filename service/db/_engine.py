@@ -15,14 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from service.db import _events
 from service.db import _server as server
 from service.db import _sqlite as sqlite
+from service.db._context import Bind
 from service.db._pool import MeasuredPool
 
 __all__ = [
     "CONFIG_OPTIONS",
+    "autocommits",
     "default_engine",
     "engine_for_loop",
     "engine_options",
     "make_engine",
+    "readonly_bind",
 ]
 
 
@@ -41,6 +44,39 @@ CONFIG_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "DATABASE_PGBOUNCER": ("pgbouncer", _flag),
 }
 """Configuration keys (app config or environment) and the ``make_engine()`` option of each."""
+
+
+_readonly: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def readonly_bind(bind: Bind | None) -> Bind | None:
+    """The bind a read-only unit's session uses: the engine as read-only units use it.
+
+    On PostgreSQL in autocommit (no BEGIN, no COMMIT: asyncpg switches without a round
+    trip); on SQLite with transactions that begin DEFERRED (``_sqlite.READ_ONLY``). Both
+    share the engine's pool.
+    """
+    if not isinstance(bind, AsyncEngine):
+        return bind
+    found = _readonly.get(bind)
+    if found is None:
+        if bind.dialect.name == "postgresql":
+            found = bind.execution_options(isolation_level="AUTOCOMMIT")
+        elif bind.dialect.name == "sqlite":
+            found = bind.execution_options(**{sqlite.READ_ONLY: True})
+        else:
+            found = bind
+        _readonly[bind] = found
+    return found
+
+
+def autocommits(bind: object) -> bool:
+    """Whether ``bind`` is a PostgreSQL engine in autocommit, as ``readonly_bind``'s are."""
+    return (
+        isinstance(bind, AsyncEngine)
+        and bind.dialect.name == "postgresql"
+        and bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    )
 
 
 def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,18 +40,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
 
-from service.db._outage import is_outage
-from service.db._readonly import autocommits
-from service.db._session import RolledBackError, current_unit_of_work
+from service.db._context import current_unit_of_work
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.pool import Pool
-
-    from service.db._unit_of_work import UnitOfWork
 
 __all__ = [
     "Entry",
@@ -107,8 +100,7 @@ Outcome = Literal[
 - ``unused``: it never used the database.
 """
 
-_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
-_SEEN = "service.db.events.error"
+SEEN = "service.db.events.error"
 """The key in a unit's ``session.info`` of the last database error its statements raised."""
 
 
@@ -232,84 +224,11 @@ def running_as(entry: Entry) -> Iterator[None]:
         entry_point.reset(token)
 
 
-# What the layer's modules call: each is one marked line where it is used.
-
-
-def began(unit: UnitOfWork) -> None:
-    """``unit`` has begun (``UnitOfWork.begin``)."""
-    unit_began.send(UnitOfWorkBegan(unit, unit.entry, unit.readonly, unit.task))
-
-
-def ended(
-    unit: UnitOfWork,
-    session: AsyncSession | None,
-    commit: bool,
-    status: int | None,
-    failure: BaseException | None,
-    started: float,
-    /,
-) -> None:
-    """``unit`` has ended (``UnitOfWork.end``): classify, and send ``unit_ended``.
-
-    ``commit``: whether a COMMIT was still to be attempted once the flush was done (so
-    ``False`` after a failed flush); ``failure``: what ``end`` raised; ``started``: when
-    ``end`` began (``time.perf_counter()``).
-    """
-    outcome, error = _classify(session, commit, status, failure)
-    # A read-only unit on PostgreSQL ran its statements in autocommit: it sends no COMMIT.
-    attempted = commit and session is not None and not (unit.readonly and autocommits(unit.bind))
-    seconds = time.perf_counter() - started if attempted else None
-    unit_ended.send(
-        UnitOfWorkEnded(unit, unit.entry, unit.readonly, unit.task, outcome, status, error, seconds)
-    )
-
-
-def _classify(
-    session: AsyncSession | None,
-    commit: bool,
-    status: int | None,
-    failure: BaseException | None,
-) -> tuple[Outcome, BaseException | None]:
-    if session is None:
-        return "unused", None
-    if isinstance(failure, asyncio.CancelledError):
-        # Cancelled while ending: a COMMIT under way ran to completion all the same
-        # (shielded), and what it raised, if anything, is the cancellation's cause.
-        if not commit:
-            return "rolled_back_exception", None
-        failure = failure.__cause__
-    if isinstance(failure, RolledBackError):
-        # An earlier failure, caught by the handler, had rolled the writes back: that
-        # failure is the outcome's cause, and a handler's exception if nothing else.
-        return _failed(failure.cause) or "rolled_back_exception", failure.cause
-    if failure is not None:  # the flush or the COMMIT failed
-        return _failed(failure) or "failed_commit", failure
-    if commit:
-        return "committed", None
-    seen = session.info.get(_SEEN)
-    kind = _failed(seen) if seen is not None else None
-    if kind is not None:
-        return kind, seen
-    return ("rolled_back_status" if status is not None else "rolled_back_exception"), None
-
-
-def _failed(error: BaseException) -> Outcome | None:
-    if isinstance(error, (IntegrityError, StaleDataError)):
-        return "conflict"
-    if isinstance(error, DBAPIError):
-        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-        if sqlstate in _CONFLICT_SQLSTATES:
-            return "conflict"
-    if is_outage(error):
-        return "outage"
-    return None
-
-
 def seen(error: BaseException) -> None:
     """Remember ``error`` as the last database error of the current unit of work."""
     unit = current_unit_of_work()
     if unit is not None and unit.session is not None:
-        unit.session.info[_SEEN] = error
+        unit.session.info[SEEN] = error
 
 
 def handle_error(context: ExceptionContext) -> None:

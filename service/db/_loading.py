@@ -60,7 +60,6 @@ def eager(model: type[Any], relationships: tuple[Any, ...]) -> list[_AbstractLoa
     return options
 
 
-@event.listens_for(_Session, "do_orm_execute")
 def _check(state: ORMExecuteState) -> None:
     # The layer's one listener on every statement its sessions run (each one costs a call).
     if in_greenlet():
@@ -112,3 +111,8 @@ def _expired_message(state: InstanceState[Any] | None) -> str:
         f"do under asyncio. Load the object again (`await {model}.get(pk)`) or refresh it "
         f"(`await session.refresh(obj)`) before reading it."
     )
+
+
+def listen() -> None:
+    """Install this module's session listener (``_listeners.install``)."""
+    event.listen(_Session, "do_orm_execute", _check)

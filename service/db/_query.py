@@ -23,19 +23,30 @@ from sqlalchemy.sql._typing import (
     _OnClauseArgument,
 )
 from sqlalchemy.sql.base import ExecutableOption
-from werkzeug.exceptions import NotFound
 
 from service.db._loading import eager, relationship_names
 from service.db._pages import KeysetPage, Page
 from service.db._session import session
 
-__all__ = ["Query"]
+__all__ = ["NotFoundError", "Query"]
 
 _M = TypeVar("_M")
 
 _CACHE_LIMIT = 4096
 _statements: dict[tuple[Any, ...], Select[Any]] = {}
 """Each structural chain of steps, by its steps: the statement it builds."""
+
+
+class NotFoundError(LookupError):
+    """No row matched ``get_or_404()``, ``first_or_404()`` or ``one_or_404()``.
+
+    The Quart binding answers it with a 404, rendered by the app's own error handlers;
+    anywhere else it is an error like any other.
+    """
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
 
 
 class Query(Generic[_M]):
@@ -325,7 +336,7 @@ class Query(Generic[_M]):
         return self.order_by(*self._primary_key())
 
     async def first_or_404(self, description: str | None = None) -> _M:
-        """``first()``, or a 404 (``NotFound``) rendered by the app's error handlers."""
+        """``first()``, or ``NotFoundError``: a 404 rendered by the app's error handlers."""
         return _or_404(await self.first(), self.model, description)
 
     async def one_or_404(self, description: str | None = None) -> _M:
@@ -340,7 +351,7 @@ class Query(Generic[_M]):
 
 def _or_404(found: _M | None, model: type[Any], description: str | None) -> _M:
     if found is None:
-        raise NotFound(description or f"No such {model.__name__.lower()}.")
+        raise NotFoundError(description or f"No such {model.__name__.lower()}.")
     return found
 
 

@@ -12,17 +12,16 @@ sent.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from sqlalchemy import Select, TextClause, event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from service.db._session import READONLY, UnitOfWorkError, _Session
+from service.db._context import UnitOfWorkError
+from service.db._session import READONLY, _Session
 from service.db._statements import writes
 
-__all__ = ["autocommits", "readonly_bind", "refuse_writes"]
+__all__ = ["STREAMED", "listen", "refuse_writes"]
 
 
 _REFUSED = (
@@ -32,31 +31,6 @@ _REFUSED = (
     "the response. Write in a POST, PUT, PATCH or DELETE request, or in a unit of work that "
     "is not read-only."
 )
-_autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
-
-
-def readonly_bind(
-    bind: AsyncEngine | AsyncConnection | None,
-) -> AsyncEngine | AsyncConnection | None:
-    """The bind a read-only unit's session uses: on PostgreSQL, the engine in autocommit."""
-    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "postgresql":
-        return bind
-    found = _autocommit.get(bind)
-    if found is None:
-        # Shares the engine's pool; asyncpg switches to autocommit without a round trip.
-        found = _autocommit[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
-    return found
-
-
-def autocommits(bind: object) -> bool:
-    """Whether ``bind`` is a PostgreSQL engine in autocommit, as ``readonly_bind``'s are."""
-    return (
-        isinstance(bind, AsyncEngine)
-        and bind.dialect.name == "postgresql"
-        and bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-    )
-
-
 STREAMED = "service.db.streamed"
 """``session.info``: a read-only unit in autocommit began a transaction to stream rows."""
 
@@ -74,7 +48,6 @@ def _transaction_for_cursor(session: Session) -> None:
         session.info[STREAMED] = True
 
 
-@event.listens_for(_Session, "before_flush")
 def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     if session.info.get(READONLY) and (session.new or session.dirty or session.deleted):
         raise UnitOfWorkError(_REFUSED.format(what="add, change or delete objects"))
@@ -98,3 +71,8 @@ def refuse_writes(state: ORMExecuteState) -> None:
         raise UnitOfWorkError(_REFUSED.format(what="lock rows (`with_for_update()`)"))
     if isinstance(statement, TextClause) and writes(statement.text):
         raise UnitOfWorkError(_REFUSED.format(what="write or lock rows"))
+
+
+def listen() -> None:
+    """Install this module's session listener (``_listeners.install``)."""
+    event.listen(_Session, "before_flush", _refuse_flush)

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db._readonly import readonly_bind
+from service.db._engine import readonly_bind
 
 __all__ = ["Replica", "ReplicaSet", "ReplicaStats", "format_position", "parse_position"]
 
@@ -107,7 +107,7 @@ class ReplicaStats:
 
 
 class PositionStore(Protocol):
-    """Where callers' positions are kept between requests (``_causal.CausalStore``: Redis)."""
+    """Where callers' positions are kept between requests (Redis: ``_replica_start``)."""
 
     async def get(self, key: str) -> int | None: ...
 

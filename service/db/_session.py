@@ -1,23 +1,20 @@
-"""The task-scoped session registry and the guard that keeps it honest.
+"""The session registry, keyed by unit of work, and the guard that keeps it honest.
 
 A session belongs to exactly one unit of work, and a unit of work to exactly one
-asyncio task. The registry is keyed by that task, but it refuses to hand out a
-session to a task that has no unit of work of its own: a child task made with
-``asyncio.gather`` or ``create_task`` inside a handler would otherwise get a
-fresh session that nobody commits or removes, and its writes would vanish.
+asyncio task. The registry refuses to hand out a session to a task that has no
+unit of work of its own: a child task made with ``asyncio.gather`` or
+``create_task`` inside a handler would otherwise get a fresh session that nobody
+commits or removes, and its writes would vanish. Its sessions contain their
+failures (``_Session``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import TextClause, event
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -27,168 +24,52 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
-from sqlalchemy.util import await_
 
+from service.db._context import Bind, UnitOfWorkError, current, outside_message
 from service.db._statements import writes
 
-if TYPE_CHECKING:
-    from service.db._unit_of_work import UnitOfWork
-
 __all__ = [
-    "RolledBackError",
-    "UnitOfWorkError",
-    "acquire_unless_awaited",
-    "current_unit_of_work",
+    "READONLY",
+    "Joining",
+    "default_bind",
+    "failure_in",
     "has_configured_bind",
-    "join_sessions_to",
+    "listen",
+    "lost_writes",
+    "same_database",
     "session",
+    "set_joining",
 ]
-
-Bind = AsyncEngine | AsyncConnection
 
 logger = logging.getLogger(__name__)
 
-
-class UnitOfWorkError(RuntimeError):
-    """The database was used where no unit of work owns the session."""
-
-
-class RolledBackError(UnitOfWorkError):
-    """A unit of work could not end with success: a failure had rolled back its earlier writes.
-
-    A statement or flush failed outside any savepoint, which rolls back the whole
-    transaction, and the code caught the error and went on. Committing then would
-    report as saved the writes that were made before the failure and are gone, so
-    nothing is committed and this is raised instead. ``cause`` is the failure.
-    """
-
-    def __init__(self, cause: Exception) -> None:
-        self.cause = cause
-        super().__init__(
-            f"{type(cause).__name__} rolled back this unit of work's earlier writes, and the "
-            "code caught it and went on; nothing was committed. To contain a failure that the "
-            "code handles, make the attempt in a savepoint: `async with unit_of_work(): ...` "
-            "inside the unit of work, with the `try` around that block."
-        )
-
-
-# The unit of work active in this context. Context variables are copied into
-# child tasks, so the owner task is checked too: a copy seen from another task
-# means "child task of a unit of work", not "inside one".
-_current: ContextVar[UnitOfWork | None] = ContextVar("service_db_unit_of_work", default=None)
-
 READONLY = "service.db.readonly"
 """The key in ``session.info`` that marks a read-only unit's session (``_readonly``)."""
-
-# Set by tests: every session joins this connection's transaction (savepoints).
-_joined: _JoinedConnection | None = None
-
-_OUTSIDE = (
-    "The database session was used outside a unit of work. HTTP request handlers served by "
-    "`Database` get one per request. Anywhere else (a websocket handler: one per message; a "
-    "streamed response's body; a background task; a before_serving hook; a CLI command; a "
-    "script, a job, a test) wrap the code in `async with unit_of_work(): ...` or decorate the "
-    "coroutine with `@unit_of_work()`."
-)
-
-
-class Context(Protocol):
-    """Where an integration (the Quart binding) tells the layer about the code running now."""
-
-    async def bind(self) -> Bind | None:
-        """The engine a unit of work begun here uses by default (the current app's), if any."""
-
-    def describe(self) -> str | None:
-        """What is running here (a websocket handler, say), for the error outside a unit."""
-
-
-_contexts: list[Context] = []
-
-
-def add_context(context: Context) -> None:
-    """Let ``context`` choose default engines and explain errors (once per context)."""
-    if context not in _contexts:
-        _contexts.append(context)
-
-
-async def context_bind() -> Bind | None:
-    """The bind the integrations choose for a unit of work begun here, if any."""
-    for context in _contexts:
-        bind = await context.bind()
-        if bind is not None:
-            return bind
-    return None
-
-
-def _outside() -> str:
-    for context in _contexts:
-        described = context.describe()
-        if described is not None:
-            return f"{_OUTSIDE} Here: {described}"
-    return _OUTSIDE
-
 
 _NO_DATABASE = (
     "This unit of work has no database: set the DATABASE_URL environment variable (a script "
     "or job then uses an engine made from it), run it in a serving app, or pass "
     "`unit_of_work(bind=engine)`."
 )
-CHILD_OF_WRITER = (
-    "A unit of work in a child task cannot write to SQLite while its parent's unit of work "
-    "holds the write lock and waits for the child (asyncio.gather, a TaskGroup, `await "
-    "task`): SQLite has one writer at a time, so neither could ever go on. Run the children "
-    "before the parent writes (a POST request's unit of work takes the lock at its first "
-    "query), do the work in the parent, or start work that need not be waited for with "
-    "`app.add_background_task` (or a task nobody awaits): it then waits for the parent's "
-    "commit."
-)
-_WATCH_INTERVAL = 0.02
-"""Seconds between two looks, while a child waits for its parent's lock, at who waits for it."""
 
 
-def awaited_by(task: asyncio.Task[Any], parent: asyncio.Task[Any]) -> bool:
-    """Whether ``parent`` waits, or may wait, for ``task`` to finish.
+class Joining(Protocol):
+    """The connection every session joins in tests (``service.db.testing``), if one is set."""
 
-    Read off ``task``'s done callbacks (asyncio keeps them in ``_callbacks``): the
-    parent's wake-up when it awaits the task itself, its TaskGroup's, and those of
-    ``gather``, ``wait`` and ``wait_for``, whichever task awaits those. A callback
-    that only drops the task from a collection (the recipe for tasks nobody
-    awaits: ``tasks.add(task); task.add_done_callback(tasks.discard)``) is no wait.
-    """
-    for callback, _ in getattr(task, "_callbacks", None) or ():
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, set | list | dict):
-            continue
-        if owner is parent or getattr(owner, "_parent_task", parent) is parent:
-            return True  # `await task`, a TaskGroup of the parent's, gather, wait, wait_for
-    return False
+    connection: AsyncConnection
+
+    def serves(self, bind: Bind | None) -> bool:
+        """Whether a unit bound to ``bind`` joins it (it is on the test's database)."""
 
 
-async def acquire_unless_awaited(lock: asyncio.Lock, holder: asyncio.Task[Any]) -> None:
-    """Take ``lock``, held by ``holder``, an ancestor of this task: unless it waits for us.
+_joining: Joining | None = None
 
-    A parent that waits for its child while holding the lock the child needs
-    would wait forever, so that is refused with ``UnitOfWorkError`` as soon as it
-    shows (at once for gather and TaskGroup, within a moment for a later
-    ``await task``); a child nobody waits for queues until the parent is done.
-    """
-    me = asyncio.current_task()
-    assert me is not None
-    if awaited_by(me, holder):
-        raise UnitOfWorkError(CHILD_OF_WRITER)
-    acquiring = asyncio.ensure_future(lock.acquire())
-    try:
-        while not acquiring.done():
-            await asyncio.wait({acquiring}, timeout=_WATCH_INTERVAL)
-            if not acquiring.done() and awaited_by(me, holder):
-                raise UnitOfWorkError(CHILD_OF_WRITER)
-        acquiring.result()
-    except BaseException:
-        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-            lock.release()
-        else:
-            acquiring.cancel()
-        raise
+
+def set_joining(joining: Joining | None) -> Joining | None:
+    """Make every session join ``joining``'s connection (``None``: stop); the previous one."""
+    global _joining
+    previous, _joining = _joining, joining
+    return previous
 
 
 _CHILD_TASK = (
@@ -200,18 +81,10 @@ _CHILD_TASK = (
 )
 
 
-def current_unit_of_work() -> UnitOfWork | None:
-    """The unit of work that owns the current task, or ``None``."""
-    unit = _current.get()
-    if unit is None or unit.task is not asyncio.current_task():
-        return None
-    return unit
-
-
 def _scope() -> object:
-    unit = _current.get()
+    unit = current.get()
     if unit is None:
-        raise UnitOfWorkError(_outside())
+        raise UnitOfWorkError(outside_message())
     if unit.task is not asyncio.current_task():
         raise UnitOfWorkError(_CHILD_TASK)
     return unit  # a unit of work on another database, nested in the task's, has its own
@@ -280,9 +153,13 @@ def _note_write(session: Session, statement: object) -> None:
         session.info[_WROTE] = session.get_transaction()
 
 
-@event.listens_for(_Session, "after_flush")
 def _flushed(session: Session, flush_context: UOWTransaction) -> None:
     session.info[_WROTE] = session.get_transaction()
+
+
+def listen() -> None:
+    """Install this module's session listener (``_listeners.install``)."""
+    event.listen(_Session, "after_flush", _flushed)
 
 
 def _failed(session: Session, error: Exception) -> None:
@@ -340,9 +217,9 @@ class _SessionMaker(async_sessionmaker[AsyncSession]):
     """
 
     def __call__(self, **local_kw: Any) -> AsyncSession:
-        unit = _current.get()
-        if _joined is not None and (unit is None or _joined.serves(unit.bind)):
-            local_kw.setdefault("bind", _joined.connection)
+        unit = current.get()
+        if _joining is not None and (unit is None or _joining.serves(unit.bind)):
+            local_kw.setdefault("bind", _joining.connection)
             local_kw.setdefault("join_transaction_mode", "create_savepoint")
         elif unit is not None and unit.bind is not None:
             local_kw.setdefault("bind", unit.bind)
@@ -378,74 +255,12 @@ def _engine_of(bind: Bind) -> AsyncEngine:
 def default_bind() -> Bind | None:
     """The bind units of work use without one of their own: the joined test connection, or
     the one the session factory is configured with (the first serving app's engine)."""
-    if _joined is not None:
-        return _joined.connection
+    if _joining is not None:
+        return _joining.connection
     bind: Bind | None = session.session_factory.kw.get("bind")
     return bind
 
 
 def has_configured_bind() -> bool:
     """Whether sessions have a bind without a unit's own: a serving app's, or a test's."""
-    return _joined is not None or session.session_factory.kw.get("bind") is not None
-
-
-class _JoinedConnection:
-    """The one connection every session joins in tests, shared one unit of work at a time.
-
-    Units of work that would each have a connection of their own share this one, and
-    their savepoints must nest, never interleave. So a unit takes the connection when
-    its session first uses it and keeps it until it ends; a unit in a child task of
-    one that has it (``asyncio.gather`` of ``@unit_of_work()`` coroutines) queues
-    behind its siblings for the parent's turn instead, since the parent waits for
-    them. On SQLite, as in production, a child cannot write while its parent writes.
-    """
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
-        self.lock = asyncio.Lock()
-        self.sqlite = connection.dialect.name == "sqlite"
-
-    def serves(self, bind: Bind | None) -> bool:
-        """Whether a unit bound to ``bind`` joins: it is on the test's database, or unbound."""
-        return bind is None or same_database(bind, self.connection)
-
-    def take_turn(self, conn: Connection, name: object) -> None:
-        # The "savepoint" event, in the greenlet of the session's first use of the connection.
-        unit = _current.get()
-        if unit is None or unit.turn is not None:
-            return  # not a unit's session, or a savepoint of a unit that has its turn
-        holder = next((a for a in unit.ancestors() if a.turn is not None and not a.ending), None)
-        if holder is not None and self.sqlite and not holder.readonly:
-            # As in production: the parent holds SQLite's write lock; the child waits for
-            # its end, unless the parent waits for the child.
-            await_(acquire_unless_awaited(self.lock, holder.task))
-            unit.turn = self.lock
-            return
-        turn = self.lock if holder is None else holder.children_turn()
-        await_(turn.acquire())
-        if holder is not None and holder.ending:
-            # The parent ended while this child waited (a task it did not wait for): the
-            # connection is no longer its to share, so queue like any other unit.
-            turn.release()
-            turn = self.lock
-            await_(turn.acquire())
-        unit.turn = turn
-
-
-@contextmanager
-def join_sessions_to(connection: AsyncConnection) -> Iterator[None]:
-    """Make every session join ``connection``'s transaction, through savepoints (for tests).
-
-    Code under test then commits and rolls back as usual, while the caller rolls
-    back the outer transaction at the end, leaving nothing behind. Units of work
-    take turns on the connection (see ``_JoinedConnection``).
-    """
-    global _joined
-    joined = _JoinedConnection(connection)
-    event.listen(connection.sync_connection, "savepoint", joined.take_turn)
-    previous, _joined = _joined, joined
-    try:
-        yield
-    finally:
-        _joined = previous
-        event.remove(connection.sync_connection, "savepoint", joined.take_turn)
+    return _joining is not None or session.session_factory.kw.get("bind") is not None

@@ -33,14 +33,16 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
 from service.db import _events
-from service.db._session import UnitOfWorkError, _current, acquire_unless_awaited
+from service.db._context import UnitOfWorkError, acquire_unless_awaited, ancestor_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from service.db._unit_of_work import UnitOfWork
+__all__ = ["BUSY_TIMEOUT", "READ_ONLY", "begin", "connector", "invalidate"]
 
-__all__ = ["BUSY_TIMEOUT", "begin", "connector", "invalidate"]
+READ_ONLY = "service_db_read_only"
+"""The execution option of a read-only unit's engine (``_engine.readonly_bind``): its
+transactions begin DEFERRED, never waiting for the write lock."""
 
 BUSY_TIMEOUT = 30.0
 """Seconds a writer waits for the write lock (the gate, then other processes) before 503."""
@@ -56,25 +58,24 @@ class WriterGate:
         self.database = database
         self._lock = asyncio.Lock()  # FIFO: a free lock is never taken past a waiter
         self._task: asyncio.Task[Any] | None = None
-        self._unit: UnitOfWork | None = None
 
-    async def acquire(self, unit: UnitOfWork | None) -> None:
+    async def acquire(self) -> None:
         """Queue for the gate; refuse at once a wait that could never end."""
         task = asyncio.current_task()
-        holder = self._unit
-        if self._lock.locked() and self._task is not None and self._task is task:
+        holder = self._task
+        if self._lock.locked() and holder is task:
             raise UnitOfWorkError(_SAME_TASK)
         with _events.writer_waiting(self.database):  # events: the queue's length and wait
-            if self._lock.locked() and holder is not None and unit is not None:
-                if holder in unit.ancestors():
-                    await acquire_unless_awaited(self._lock, holder.task)
-                    self._task, self._unit = task, unit
-                    return
-            await self._lock.acquire()
-        self._task, self._unit = task, unit
+            if self._lock.locked() and holder is not None and holder in ancestor_tasks():
+                # The holder is a unit of work this task's was started from: queue unless
+                # it waits for this task, which would then wait for ever.
+                await acquire_unless_awaited(self._lock, holder)
+            else:
+                await self._lock.acquire()
+        self._task = task
 
     def release(self) -> None:
-        self._task = self._unit = None
+        self._task = None
         self._lock.release()
 
 
@@ -115,7 +116,7 @@ class GatedConnection(aiosqlite.Connection):
         self._holds_gate = False
         self._begin: _Begin | None = None
 
-    async def begin(self, *, write: bool, unit: UnitOfWork | None) -> None:
+    async def begin(self, *, write: bool) -> None:
         """Begin a transaction with the next statement: IMMEDIATE through the gate, or DEFERRED."""
         if not write:
             self._begin = _Begin("BEGIN", 0.0)
@@ -123,7 +124,7 @@ class GatedConnection(aiosqlite.Connection):
         deadline = time.monotonic() + BUSY_TIMEOUT
         try:
             async with asyncio.timeout(BUSY_TIMEOUT):
-                await self.gate.acquire(unit)
+                await self.gate.acquire()
         except TimeoutError:
             raise TimeoutError(
                 f"SQLite's write lock was not obtained within {BUSY_TIMEOUT:g} s"
@@ -350,10 +351,12 @@ def connector(database: str) -> Callable[[], Coroutine[Any, Any, GatedConnection
 
 
 def begin(connection: Connection) -> None:
-    """The engine's ``begin`` event: the layer's own BEGIN, sent with the first statement."""
-    unit = _current.get()
+    """The engine's ``begin`` event: the layer's own BEGIN, sent with the first statement.
+
+    DEFERRED for a read-only unit's engine (``READ_ONLY``), else IMMEDIATE.
+    """
     driver: GatedConnection = connection.connection.driver_connection  # type: ignore[assignment]
-    await_(driver.begin(write=unit is None or not unit.readonly, unit=unit))
+    await_(driver.begin(write=not connection.get_execution_options().get(READ_ONLY, False)))
 
 
 def invalidate(

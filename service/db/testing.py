@@ -31,7 +31,7 @@ from service.db import _callbacks
 from service.db._callbacks import CapturedCallbacks
 from service.db._cli import running_coroutines_with
 from service.db._engine import make_engine
-from service.db._session import join_sessions_to
+from service.db._joined import join_sessions_to
 
 __all__ = [
     "CapturedCallbacks",

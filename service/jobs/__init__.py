@@ -36,24 +36,18 @@ from service.jobs import _events as events
 from service.jobs._admin import OutboxStats, list_jobs, outbox_stats, prune_dead
 from service.jobs._admin import retry as retry_job
 from service.jobs._celery import DELIVER_TASK, run_delivered
-from service.jobs._deliver import JobLost, Outcome, UnknownJob
 from service.jobs._dispatcher import Dispatcher
 from service.jobs._enqueue import config, drain, enqueue
-from service.jobs._outbox import JobRow, LeaseLost, utcnow
+from service.jobs._outbox import JobRow, utcnow
 from service.jobs._quart import Jobs
-from service.jobs._registry import Job, job, job_name, registry
+from service.jobs._registry import job, job_name, registry
 
 __all__ = [
     "DELIVER_TASK",
     "Dispatcher",
-    "Job",
-    "JobLost",
     "JobRow",
     "Jobs",
-    "LeaseLost",
-    "Outcome",
     "OutboxStats",
-    "UnknownJob",
     "drain",
     "enqueue",
     "events",

@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from service.db import events, unit_of_work
-from service.db._session import Bind
+from service.db import Bind, events, unit_of_work
 from service.jobs import _outbox
 from service.jobs._deliver import Outcome
 from service.jobs._dispatcher import Dispatcher, new_owner, spawn_task
@@ -29,7 +28,10 @@ from service.jobs._outbox import Delivery
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["DELIVER_TASK", "CelerySender", "run_delivered", "sender_for"]
+__all__ = ["DELIVER_TASK", "QUEUE", "CelerySender", "run_delivered", "sender_for"]
+
+QUEUE = "service"
+"""The queue jobs go to without ``CELERY_QUEUE``."""
 
 DELIVER_TASK = "service.jobs.deliver"
 """The one Celery task: its arguments are a job's id and the number of its delivery."""

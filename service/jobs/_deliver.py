@@ -16,8 +16,7 @@ import traceback
 from datetime import timedelta
 from typing import Literal
 
-from service.db import events, reading_after, unit_of_work
-from service.db._session import Bind
+from service.db import Bind, events, reading_after, unit_of_work
 from service.jobs import _admin, _events, _outbox
 from service.jobs._events import Delivered, JobEnded, JobStarted
 from service.jobs._outbox import Delivery, LeaseLost

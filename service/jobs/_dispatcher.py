@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from service.db import events, unit_of_work
-from service.db._session import Bind
+from service.db import Bind, events, unit_of_work
 from service.jobs import _admin, _outbox
 from service.jobs._deliver import Outcome, deliver
 from service.jobs._outbox import Delivery

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,11 +28,17 @@ from typing import Any
 
 from quart import current_app, has_app_context
 
-from service.config import Settings
-from service.db import UnitOfWorkError, events, on_commit, session, unit_of_work
-from service.db._session import Bind, current_unit_of_work
+from service.db import (
+    Bind,
+    UnitOfWorkError,
+    current_unit_of_work,
+    events,
+    on_commit,
+    session,
+    unit_of_work,
+)
 from service.jobs import _events, _outbox
-from service.jobs._celery import sender_for
+from service.jobs._celery import QUEUE, sender_for
 from service.jobs._deliver import deliver_inline
 from service.jobs._outbox import Delivery, JobRow
 from service.jobs._quart import backend_of, lease_of, serving_state
@@ -53,8 +60,9 @@ Kick = Callable[[JobRow, Bind | None], Awaitable[None] | None]
 
 
 def config() -> Mapping[str, Any]:
-    """The current app's configuration, else the environment's (``Settings``)."""
-    return current_app.config if has_app_context() else Settings().to_app_config()
+    """The current app's configuration, else the environment (the same names: ``JOBS_*``,
+    ``CELERY_BROKER_URL``, ``CELERY_QUEUE``)."""
+    return current_app.config if has_app_context() else os.environ
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ def _route(bind: Bind | None) -> _Route:
     if backend == "eager":
         return _Route(_run_eagerly, lease)
     if backend == "celery":
-        sender = sender_for(settings["CELERY_BROKER_URL"], settings["CELERY_QUEUE"])
+        sender = sender_for(settings["CELERY_BROKER_URL"], settings.get("CELERY_QUEUE", QUEUE))
         if state is not None:
             spawn = current_app.add_background_task
             return _Route(lambda row, _: spawn(sender.send, [_queued(row)]), lease)

@@ -18,8 +18,8 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from service.db import Database
-from service.jobs._celery import sender_for
+from service.db.quart import Database
+from service.jobs._celery import QUEUE, sender_for
 from service.jobs._dispatcher import Dispatcher
 
 __all__ = ["Jobs", "backend_of", "serving_state"]
@@ -75,7 +75,7 @@ class Jobs:
         config = app.config
         relay = None
         if state.backend == "celery":
-            relay = sender_for(config["CELERY_BROKER_URL"], config["CELERY_QUEUE"]).send
+            relay = sender_for(config["CELERY_BROKER_URL"], config.get("CELERY_QUEUE", QUEUE)).send
         stopping = app.shutdown_event  # set as Quart's shutdown begins, before it awaits tasks
         assert isinstance(stopping, asyncio.Event), "Quart's event_class is asyncio.Event"
         dispatcher = Dispatcher(

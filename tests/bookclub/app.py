@@ -21,7 +21,8 @@ from sqlalchemy import update as core_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import Database, make_engine, session, unit_of_work
+from service.db import make_engine, session, unit_of_work
+from service.db.quart import Database
 from service.jobs import Jobs, enqueue, job
 from tests.bookclub.models import AuditEntry, Member, Tag, Volume
 

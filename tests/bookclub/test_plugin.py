@@ -27,7 +27,8 @@ NOTES_APP = """
 from quart import Quart, request
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Database, Model
+from service.db import Model
+from service.db.quart import Database
 
 
 class Note(Model):

@@ -13,7 +13,8 @@ from quart.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
-from service.db import Database, on_commit, session, unit_of_work
+from service.db import on_commit, session, unit_of_work
+from service.db.quart import Database
 from tests.db.models import Part, Widget
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import db
-from service.db import Database, Model, make_engine, session, unit_of_work
+from service.db import Model, make_engine, session, unit_of_work
+from service.db.quart import Database
 from service.errors import register_error_handlers
 from tests.db.app import make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve

@@ -6,7 +6,8 @@ import pytest
 from quart import Blueprint, Quart, after_this_request
 from quart.typing import ResponseTypes
 
-from service.db import Database, session
+from service.db import session
+from service.db.quart import Database
 from service.errors import register_error_handlers
 from tests.db.app import make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve

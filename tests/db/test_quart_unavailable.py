@@ -13,8 +13,8 @@ from quart import Quart
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
-from service.db import Database
 from service.db import _sqlite as sqlite_layer
+from service.db.quart import Database
 from service.errors import register_error_handlers
 from tests.db.app import Probe, make_layer_app, routes
 from tests.db.conftest import ReadNames, Serve

@@ -11,7 +11,8 @@ import pytest
 from quart import Quart
 from sqlalchemy import text
 
-from service.db import Database, UnitOfWorkError, on_commit, session, unit_of_work
+from service.db import UnitOfWorkError, on_commit, session, unit_of_work
+from service.db.quart import Database
 from service.testing import raise_propagated_errors
 from tests.db.conftest import ReadNames, Serve
 from tests.db.models import Widget

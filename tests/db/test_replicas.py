@@ -22,9 +22,11 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.roundtrips import WireCounter
-from service.db import Database, ReplicaStats, caller, read_from_primary, unit_of_work
-from service.db._causal import HEADER, CausalStore
+from service.db import ReplicaStats, caller, read_from_primary, unit_of_work
+from service.db._causal import HEADER
+from service.db._replica_start import CausalStore
 from service.db._replicas import format_position
+from service.db.quart import Database
 from tests.db.models import Widget
 from tests.replication import CAUSAL_REDIS_URL, Replication, create_tables
 

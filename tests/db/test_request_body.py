@@ -19,7 +19,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import Database, streaming_body
+from service.db.quart import Database, streaming_body
 from service.errors import register_error_handlers
 from tests.databases import plain_engine
 from tests.db.conftest import ReadNames, Serve

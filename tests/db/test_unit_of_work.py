@@ -301,7 +301,7 @@ async def test_on_commit_outside_a_unit_of_work_fails() -> None:
 
 
 async def test_a_cancelled_caller_of_a_failing_shielded_call_is_still_cancelled() -> None:
-    from service.db._unit_of_work import run_to_completion
+    from service.db._unit import run_to_completion
 
     started = asyncio.Event()
 

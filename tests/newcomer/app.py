@@ -13,7 +13,8 @@ from typing import Any
 from quart import Quart, abort, request
 from sqlalchemy import text
 
-from service.db import Database, session, unit_of_work
+from service.db import session, unit_of_work
+from service.db.quart import Database
 from tests.newcomer.models import Author, Book
 
 

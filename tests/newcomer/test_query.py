@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from werkzeug.exceptions import NotFound
 
-from service.db import unit_of_work
+from service.db import NotFoundError, unit_of_work
 from tests.newcomer.conftest import Serve
 from tests.newcomer.models import Author, Book
 
@@ -60,9 +59,9 @@ async def test_the_or_404_family_returns_the_row_or_raises_not_found() -> None:
         assert (await Author.query.get_or_404(ids["Banks"])).name == "Banks"
         assert (await Author.query.filter_by(name="Delany").first_or_404()).id == ids["Delany"]
         assert (await Book.query.filter_by(title="Player").one_or_404()).title == "Player"
-        with pytest.raises(NotFound, match="No such author"):
+        with pytest.raises(NotFoundError, match="No such author"):
             await Author.query.get_or_404(999_999)
-        with pytest.raises(NotFound, match="nobody here"):
+        with pytest.raises(NotFoundError, match="nobody here"):
             await Author.query.filter_by(name="Zelazny").first_or_404("nobody here")
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             await Book.query.filter_by(title="Nova").one_or_404()

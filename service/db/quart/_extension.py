@@ -26,23 +26,27 @@ from werkzeug.exceptions import (
     Conflict,
     HTTPException,
     InternalServerError,
+    NotFound,
     RequestTimeout,
     ServiceUnavailable,
 )
 
 from service.db import _causal as causal
 from service.db._cli import in_unit_of_work
+from service.db._context import RolledBackError, current_unit_of_work
 from service.db._engine import engine_options, make_engine
 from service.db._outage import OUTAGE_ERRORS, is_outage
-from service.db._quart_context import (
+from service.db._query import NotFoundError
+from service.db._replica_start import start_replicas, stop_replicas
+from service.db._replicas import ReplicaSet, ReplicaStats
+from service.db._session import session
+from service.db._unit import UnitOfWork
+from service.db.quart._contexts import (
     EXTENSION,
     detach_background_task,
     install,
     websocket_entry,
 )
-from service.db._replicas import ReplicaSet, ReplicaStats
-from service.db._session import RolledBackError, current_unit_of_work, session
-from service.db._unit_of_work import UnitOfWork
 
 __all__ = ["Database", "streaming_body"]
 
@@ -157,6 +161,7 @@ class Database:
             app.register_error_handler(error_class, _unavailable)
         for conflict in _CONFLICTS:
             app.register_error_handler(conflict, _conflict)
+        app.register_error_handler(NotFoundError, _not_found)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -192,7 +197,7 @@ class _RequestHooks:
         engine = make_engine(config["DATABASE_URL"], **options)
         self.state.engine = engine
         # replicas: polled from now on, if DATABASE_REPLICA_URLS names any
-        self.state.replicas = await causal.start_replicas(config, engine, options)
+        self.state.replicas = await start_replicas(config, engine, options)
         if session.session_factory.kw.get("bind") is None:
             # The default for units of work outside requests; requests carry their app's.
             session.session_factory.configure(bind=engine)
@@ -204,7 +209,7 @@ class _RequestHooks:
         self.state.engine = None
         replicas, self.state.replicas = self.state.replicas, None
         if replicas is not None:  # replicas
-            await causal.stop_replicas(replicas)
+            await stop_replicas(replicas)
         await engine.dispose()
         if session.session_factory.kw.get("bind") is engine:
             session.session_factory.configure(bind=None)
@@ -368,6 +373,11 @@ async def _unavailable(error: Exception) -> ResponseTypes:
     return await _render(
         ServiceUnavailable("The database could not be reached; nothing was saved. Retry later.")
     )
+
+
+async def _not_found(error: NotFoundError) -> ResponseTypes:
+    """``get_or_404()`` and its kin found nothing: Quart's 404, by the app's own handlers."""
+    return await _render(NotFound(error.description))
 
 
 async def _conflict(error: Exception) -> ResponseTypes:

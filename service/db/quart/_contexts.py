@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from quart import current_app, has_app_context, has_request_context, has_websocket_context
 
 from service.db import _events
+from service.db._context import Bind, add_context, current
 from service.db._engine import engine_for_loop, engine_options
-from service.db._session import Bind, _current, add_context
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -95,11 +95,11 @@ async def detach_background_task(sender: Quart, **extra: Any) -> None:
     if task not in sender.background_tasks:
         return
     _events.entry_point.set("background")  # events: this task's units of work
-    unit = _current.get()
+    unit = current.get()
     if unit is None or unit.task is task:
         return
     await unit.wait_ended()
-    _current.set(None)
+    current.set(None)
 
 
 async def websocket_entry(sender: Quart, **extra: Any) -> None:
