@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,18 @@ def test_the_layer_loads_no_web_framework_and_its_binding_and_jobs_no_domain() -
     ).stdout.splitlines()
 
     assert printed == ["[]", "[]"]
+
+
+def test_the_structure_page_lists_the_layers_the_contract_checks() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [layering] = [c for c in contracts["contracts"] if c.get("containers") == ["service.db"]]
+    page = (ROOT / "docs" / "layer" / "structure.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "`" in line]
+    drawn = [
+        {name.strip("` ") for name in row.split("|")[2].split(",")}
+        for row in rows
+        if row.split("|")[2].strip()
+    ]
+    contracted = [{name.strip() for name in layer.split("|")} for layer in layering["layers"]]
+
+    assert drawn == contracted
