@@ -2,7 +2,7 @@
 their own.
 
 Off unless ``METRICS_PORT`` is set. Then every request, unit of work, pooled
-connection, SQLite writer, job delivery and rate-limit refusal is counted, and
+connection, SQLite writer, job delivery, rate-limit refusal and replica read is counted, and
 ``GET /metrics`` answers on that port only, never on the API's: ``service serve``
 binds it to 127.0.0.1 (``--metrics-host`` to change it). Run under Hypercorn
 directly, bind it yourself (``hypercorn -b 0.0.0.0:8000 -b 127.0.0.1:9464``), on an
@@ -21,10 +21,7 @@ docs/metrics.md.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -47,6 +44,7 @@ from quart import Quart, Response, request, request_finished, request_started
 from service import jobs, ratelimit
 from service.db import events as db_events
 from service.jobs import OutboxStats
+from service.metrics_files import multiprocess_directory
 
 __all__ = ["Metrics", "init_app", "metrics"]
 
@@ -150,6 +148,34 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.replica_reads = Counter(
+            "service_db_replica_reads",
+            "Read-only units that read, by the server they read from: primary or a replica "
+            "(a unit moved to the primary after its replica failed counts on both).",
+            ["server"],
+            registry=r,
+        )
+        self.replica_fallbacks = Counter(
+            "service_db_replica_fallbacks",
+            "Read-only units that read from the primary with replicas configured, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.replica_lag = Gauge(
+            "service_db_replica_lag_seconds",
+            "How far behind the primary each replica was at its last poll (the largest of the "
+            "workers' views).",
+            ["replica"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.replica_in_rotation = Gauge(
+            "service_db_replica_in_rotation",
+            "1 if every worker's poller has the replica in its rotation, else 0.",
+            ["replica"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._unit_children: dict[tuple[str, str], Any] = {}
 
@@ -181,6 +207,16 @@ class Metrics:
     def writer_admitted(self, event: db_events.WriterAdmitted) -> None:
         self.writer_wait.observe(event.waited)
 
+    def replica_read(self, event: db_events.ReplicaRead) -> None:
+        self.replica_reads.labels(event.server).inc()
+        if event.fallback is not None:
+            self.replica_fallbacks.labels(event.fallback).inc()
+
+    def replica_polled(self, event: db_events.ReplicaPolled) -> None:
+        self.replica_in_rotation.labels(event.replica).set(int(event.in_rotation))
+        if event.lag_seconds is not None:
+            self.replica_lag.labels(event.replica).set(event.lag_seconds)
+
     def job_enqueued(self, event: jobs.events.JobEnqueued) -> None:
         self.enqueued.labels(event.name).inc()
 
@@ -209,6 +245,8 @@ class Metrics:
         db_events.pool_checkin.connect(self.pool_checkin)
         db_events.writer_queued.connect(self.writer_queued)
         db_events.writer_admitted.connect(self.writer_admitted)
+        db_events.replica_read.connect(self.replica_read)
+        db_events.replica_polled.connect(self.replica_polled)
         jobs.events.job_enqueued.connect(self.job_enqueued)
         jobs.events.job_ended.connect(self.job_ended)
         ratelimit.refused.connect(self.refused, weak=False)
@@ -219,6 +257,8 @@ class Metrics:
         db_events.pool_checkin.disconnect(self.pool_checkin)
         db_events.writer_queued.disconnect(self.writer_queued)
         db_events.writer_admitted.disconnect(self.writer_admitted)
+        db_events.replica_read.disconnect(self.replica_read)
+        db_events.replica_polled.disconnect(self.replica_polled)
         jobs.events.job_enqueued.disconnect(self.job_enqueued)
         jobs.events.job_ended.disconnect(self.job_ended)
         ratelimit.refused.disconnect(self.refused)
@@ -270,49 +310,13 @@ def metrics() -> Metrics:
     """The process's metrics, made (and listening) on first use."""
     global _metrics
     if _metrics is None:
-        directory = _multiprocess_directory()
+        directory = multiprocess_directory()
         # prometheus-client picks its kind of value when first imported; pick it again now that
         # the directory is known (the families below are the first this process makes).
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         _metrics = Metrics(directory)
         _metrics.connect()
     return _metrics
-
-
-def _multiprocess_directory() -> Path | None:
-    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if configured:
-        return Path(configured)
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.pid is None:
-        return None  # one process: in memory
-    base = Path(tempfile.gettempdir()) / "service-metrics"
-    directory = base / f"{parent.pid}-{_started(parent.pid)}"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for other in base.iterdir():
-        if other != directory and not _alive(other.name):
-            shutil.rmtree(other, ignore_errors=True)  # a parent that is gone
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    return directory
-
-
-def _started(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return "0"
-
-
-def _alive(name: str) -> bool:
-    pid, _, started = name.partition("-")
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return _started(int(pid)) == started
 
 
 class MetricsPort:

@@ -6,7 +6,7 @@ the test support ``service.db.testing``, and the events ``service.db.events``.
 """
 
 from service.db import events
-from service.db._causal import caller, read_from_primary, reading_after, wal_position
+from service.db._causal import caller, read_from_primary, reading_after
 from service.db._context import (
     Bind,
     RolledBackError,
@@ -20,6 +20,7 @@ from service.db._pages import KeysetPage, Page
 from service.db._query import NotFoundError, Query
 from service.db._replicas import ReplicaStats
 from service.db._session import session
+from service.db._statements import wal_position
 from service.db._types import UTCDateTime
 from service.db._unit_of_work import on_commit, unit_of_work
 

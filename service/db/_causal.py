@@ -28,15 +28,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import String, event
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.util import await_
 
+from service.db import _events as events
 from service.db._context import Unit, current_unit_of_work
 from service.db._outage import is_outage
 from service.db._replicas import (
@@ -57,7 +55,6 @@ __all__ = [
     "register",
     "route",
     "unregister",
-    "wal_position",
 ]
 
 HEADER = "Causal-Token"
@@ -267,37 +264,24 @@ def _move(unit: Unit, replicas: ReplicaSet, bind: AsyncEngine, why: str | None) 
     counted = unit.session.info.get(_COUNTED)
     if counted is not None:  # it has read already: it counts where it reads from now on
         replicas.stats.reads[counted] -= 1
-        _count(replicas, unit.session.info, replicas.server_name(bind), why)
+        _count(replicas, unit.session.info, replicas.server_name(bind), why, counted)
 
 
-def _count(replicas: ReplicaSet, info: dict[Any, Any], server: str, why: str | None) -> None:
+def _count(
+    replicas: ReplicaSet,
+    info: dict[Any, Any],
+    server: str,
+    why: str | None,
+    moved_from: str | None = None,
+) -> None:
     info[_COUNTED] = server
     replicas.stats.reads[server] += 1
+    fallback = None
     if server == "primary":
-        replicas.stats.fallbacks[why or "outside"] += 1
-
-
-class wal_position(FunctionElement[str]):  # noqa: N801 - reads as the SQL function it is
-    """The server's WAL insert position, as text (PostgreSQL); NULL on other databases.
-
-    In a statement that finds a row another transaction committed (a job's claim,
-    say), it is at or past that commit: ``reading_after()`` it, and reads see the
-    commit on any server, for no round trip of its own.
-    """
-
-    type = String()
-    name = "wal_position"
-    inherit_cache = True
-
-
-@compiles(wal_position)
-def _no_position(element: wal_position, compiler: SQLCompiler, **kw: Any) -> str:
-    return "NULL"
-
-
-@compiles(wal_position, "postgresql")
-def _insert_position(element: wal_position, compiler: SQLCompiler, **kw: Any) -> str:
-    return "pg_current_wal_insert_lsn()::text"
+        fallback = why or "outside"
+        replicas.stats.fallbacks[fallback] += 1
+    if events.replica_read:
+        events.replica_read.send(events.ReplicaRead(server, fallback, moved_from))
 
 
 # The listeners: installed once, when the first replica set is registered.

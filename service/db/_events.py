@@ -24,6 +24,9 @@ The signals of ``service.db``:
   pool's figures after each.
 - ``writer_queued`` / ``writer_admitted``: SQLite writers queueing at the process's
   writer gate (``_sqlite``) and getting through it.
+- ``replica_read`` / ``replica_polled``, with read replicas (``_replicas``): the
+  server a read-only unit reads from (and why the primary, if it is), and each
+  replica as the poller saw it.
 
 ``service.jobs`` publishes its own (``service.jobs.events``) with ``Signal``.
 """
@@ -51,6 +54,8 @@ __all__ = [
     "Outcome",
     "PoolCheckin",
     "PoolCheckout",
+    "ReplicaPolled",
+    "ReplicaRead",
     "Signal",
     "UnitOfWorkBegan",
     "UnitOfWorkEnded",
@@ -59,6 +64,8 @@ __all__ = [
     "entry_point",
     "pool_checkin",
     "pool_checkout",
+    "replica_polled",
+    "replica_read",
     "running_as",
     "unit_began",
     "unit_ended",
@@ -203,12 +210,40 @@ class WriterAdmitted:
     waited: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaRead:
+    """A read-only unit reads from ``server`` (``primary`` or a replica's name) from now on.
+
+    Sent when it first reads, and again if it moves: a statement that failed on its
+    replica runs again on the primary (``moved_from`` names the replica).
+    """
+
+    server: str
+    fallback: str | None
+    """Why the primary, when it is: ``behind``, ``unavailable``, ``failed``,
+    ``no_position``, ``asked`` or ``outside`` (``ReplicaStats.fallbacks``)."""
+    moved_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPolled:
+    """The poller's verdict on one replica: in the rotation or not, and how far behind."""
+
+    replica: str
+    in_rotation: bool
+    lag_seconds: float | None
+    """How old the oldest primary position it has not replayed is; ``None``: unknown."""
+    lag_bytes: int | None
+
+
 unit_began: Signal[UnitOfWorkBegan] = Signal("unit_began")
 unit_ended: Signal[UnitOfWorkEnded] = Signal("unit_ended")
 pool_checkout: Signal[PoolCheckout] = Signal("pool_checkout")
 pool_checkin: Signal[PoolCheckin] = Signal("pool_checkin")
 writer_queued: Signal[WriterQueued] = Signal("writer_queued")
 writer_admitted: Signal[WriterAdmitted] = Signal("writer_admitted")
+replica_read: Signal[ReplicaRead] = Signal("replica_read")
+replica_polled: Signal[ReplicaPolled] = Signal("replica_polled")
 
 entry_point: ContextVar[Entry] = ContextVar("service_db_entry_point", default="script")
 """The entry point of the units of work begun in this context (``running_as``)."""

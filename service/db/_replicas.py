@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import _events as events
 from service.db._engine import readonly_bind
 
 __all__ = ["Replica", "ReplicaSet", "ReplicaStats", "format_position", "parse_position"]
@@ -283,10 +284,12 @@ class ReplicaSet:
     def _judge(self, replica: Replica, answer: tuple[Any, float] | Exception) -> None:
         if isinstance(answer, Exception):
             self._leave(replica, f"unreachable: {answer.__class__.__name__}")
+            self._publish(replica)
             return
         (in_recovery, position), polled_at = answer
         if not in_recovery or position is None:
             self._leave(replica, "not a standby (promoted?)")
+            self._publish(replica)
             return
         replica.position = int(position)
         replica.polled_at = polled_at
@@ -302,6 +305,18 @@ class ReplicaSet:
             self._leave(replica, f"{lag:.1f}s behind (DATABASE_REPLICA_MAX_LAG {self.max_lag})")
         else:
             self._join(replica)
+        self._publish(replica)
+
+    def _publish(self, replica: Replica) -> None:
+        if events.replica_polled:
+            events.replica_polled.send(
+                events.ReplicaPolled(
+                    replica.name,
+                    replica.in_rotation,
+                    self.stats.lag_seconds[replica.name],
+                    self.stats.lag_bytes[replica.name],
+                )
+            )
 
     def _lag(self, position: int, now: float) -> float | None:
         """How old the oldest primary position this replica has not replayed is (0: none)."""

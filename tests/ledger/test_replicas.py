@@ -26,6 +26,8 @@ from service.ledger import auth
 from service.ledger.statements import request_statement
 from tests.ledger.conftest import Api, Caller
 from tests.replication import CAUSAL_REDIS_URL, Replication
+from tests.test_metrics import PORT as METRICS_PORT
+from tests.test_metrics import moved, samples, value
 
 pytestmark = pytest.mark.service_committing
 
@@ -52,6 +54,7 @@ async def ledger(replication: Replication, _migrated: str) -> AsyncIterator[tupl
             "JOBS_BACKEND": "eager",
             "RATE_LIMIT_ENABLED": False,
             "ACCESS_LOG": False,
+            "METRICS_PORT": METRICS_PORT,
         }
     )
     async with app.test_app():
@@ -115,6 +118,28 @@ async def test_another_users_read_is_served_by_the_lagging_replica(
     await asyncio.sleep(0.2)
     assert await _balance(api.client, ada, account) == 700
     assert (await _stats(app)).reads[replica] == served + 2  # caught up: Ada's too
+
+
+async def test_the_metrics_count_reads_by_server_and_fallbacks_and_show_the_lag(
+    ledger: tuple[Api, Quart], replication: Replication
+) -> None:
+    api, app = ledger
+    replica = f"127.0.0.1:{replication.replica.port}/{LEDGER}"
+    ada, account, grace = await _ready(api, replication)
+    before = await samples(app)
+
+    await api.deposit(ada, account, 700)
+    await _balance(api.client, ada, account)  # the replica is behind Ada: the primary
+    await api.client.get("/accounts", headers=grace.headers)  # Grace: the replica
+    await asyncio.sleep(0.3)  # polls see the replica fall behind the deposit
+    after = await samples(app)
+
+    reads, fallbacks = "service_db_replica_reads_total", "service_db_replica_fallbacks_total"
+    assert moved(before, after, reads, server="primary") >= 1
+    assert moved(before, after, fallbacks, reason="behind") >= 1
+    assert moved(before, after, reads, server=replica) >= 1
+    assert value(after, "service_db_replica_in_rotation", replica=replica) == 1
+    assert value(after, "service_db_replica_lag_seconds", replica=replica) >= 0.2
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["owner known", "owner unknown"])
