@@ -251,9 +251,19 @@ def serve(
 @main.command()
 @click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int, loglevel: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve GET /metrics (Prometheus) on this port: the worker processes' figures.",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+def worker(concurrency: int, loglevel: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run the Celery worker for jobs (CELERY_BROKER_URL, CELERY_QUEUE)."""
-    from service.worker import celery_app
+    from service.worker import celery_app, serve_metrics
+
+    if metrics_port is not None:
+        serve_metrics(metrics_host, metrics_port)
 
     celery_app.worker_main(
         ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "--pool=prefork"]

@@ -16,19 +16,26 @@ from pathlib import Path
 __all__ = ["multiprocess_directory"]
 
 
-def multiprocess_directory() -> Path | None:
+def multiprocess_directory(owner: int | None = None) -> Path | None:
+    """The directory this process's figures go to, or ``None`` to keep them in memory.
+
+    ``owner``: the pid of the process whose children share it (the Celery worker's main
+    process); by default this process's parent, if it has one (a Hypercorn worker).
+    """
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if configured:
         return Path(configured)
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.pid is None:
-        return None  # one process: in memory
+    if owner is None:
+        parent = multiprocessing.parent_process()
+        if parent is None or parent.pid is None:
+            return None  # one process: in memory
+        owner = parent.pid
     base = Path(tempfile.gettempdir()) / "service-metrics"
-    directory = base / f"{parent.pid}-{_started(parent.pid)}"
+    directory = base / f"{owner}-{_started(owner)}"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for other in base.iterdir():
         if other != directory and not _alive(other.name):
-            shutil.rmtree(other, ignore_errors=True)  # a parent that is gone
+            shutil.rmtree(other, ignore_errors=True)  # an owner that is gone
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     return directory
 

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import jobs, modules, tracing
+from service import jobs, metrics, modules, tracing
 from service.config import Settings
 from service.db import make_engine
+from service.metrics_files import multiprocess_directory
 
-__all__ = ["celery_app", "celery_for", "deliver"]
+__all__ = ["celery_app", "celery_for", "deliver", "serve_metrics"]
 
 modules.load()  # every job (service/modules.py), run by name from the registry
 
@@ -71,6 +75,23 @@ def _dispose(**_: Any) -> None:
         _Process.loop.run_until_complete(_Process.engine.dispose())
         _Process.loop.close()
     _Process.engine = _Process.loop = None
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """``service worker --metrics-port``: ``GET /metrics`` on ``host:port``, summing the
+    worker processes' figures (deliveries, units of work, pool); the outbox's gauges are in
+    the web workers' scrape. Called in the main process, before Celery forks its pool."""
+    directory = multiprocess_directory(owner=os.getpid())
+    assert directory is not None
+    metrics.metrics()  # listening before the fork: each child counts in files of its own
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(directory))  # type: ignore[no-untyped-call]
+    start_http_server(port, host, registry=registry)
+    worker_process_shutdown.connect(_stopped, weak=False)
+
+
+def _stopped(**_: Any) -> None:
+    metrics.metrics().process_stopped()  # its gauges leave the sums
 
 
 def deliver(job_id: int, attempt: int) -> str | None:

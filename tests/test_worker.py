@@ -11,16 +11,19 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.harness import free_port
 from service import worker
 from service.app import create_app
 from service.db import session, unit_of_work
@@ -31,18 +34,20 @@ from service.ledger.statements import request_statement
 from tests.conftest import REDIS_URL, Broker
 from tests.databases import PGBOUNCER
 from tests.db.models import Part
+from tests.test_metrics import parse, value
 
 
-@pytest.fixture
-async def worker_process(broker: Broker, service_database_url: str) -> AsyncIterator[None]:
+@asynccontextmanager
+async def service_worker(broker: Broker, database_url: str, *options: str) -> AsyncIterator[None]:
     """``service worker``, two forked processes, consuming the test's own queue."""
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "service"),
         "worker",
         "--concurrency=2",
+        *options,
         env={
             **os.environ,
-            "DATABASE_URL": service_database_url,
+            "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": broker.url,
             "CELERY_QUEUE": broker.queue,
         },
@@ -65,6 +70,12 @@ async def worker_process(broker: Broker, service_database_url: str) -> AsyncIter
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture
+async def worker_process(broker: Broker, service_database_url: str) -> AsyncIterator[None]:
+    async with service_worker(broker, service_database_url):
+        yield
 
 
 @pytest.mark.service_committing
@@ -278,3 +289,37 @@ async def test_a_forked_worker_process_leaves_its_parents_connections_alone(
     output, _ = await process.communicate()
     assert process.returncode == 0, output.decode()
     assert "child 0 same connection True" in output.decode()
+
+
+@pytest.mark.service_committing
+async def test_the_workers_deliveries_are_on_its_own_metrics_port(
+    broker: Broker, service_database_url: str, service_engine: AsyncEngine
+) -> None:
+    port = free_port()
+    statements: list[int] = []
+    async with service_worker(broker, service_database_url, f"--metrics-port={port}"):
+        app = create_app(
+            {
+                "DATABASE_URL": service_database_url,
+                "CELERY_BROKER_URL": broker.url,
+                "CELERY_QUEUE": broker.queue,
+                "JOBS_BACKEND": None,  # chosen from the broker: celery
+            }
+        )
+        async with app.test_app(), app.app_context():  # the app's jobs go to Celery
+            for _ in range(6):  # enough for both processes of the pool, most likely
+                statement_id, _ = await _requested_statement()
+                statements.append(statement_id)
+        async with asyncio.timeout(30):
+            while [await _status(service_engine, s) for s in statements] != ["ready"] * 6:
+                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            scrape = await client.get("/metrics")
+
+    assert scrape.status_code == 200
+    found = parse(scrape.text)
+    job = "service.ledger.statements.compute_statement"
+    assert value(found, "service_jobs_deliveries_total", job=job, outcome="done") == 6, [
+        key for key in found if key[0].startswith("service_jobs")
+    ]
+    assert value(found, "service_db_units_of_work_total", entry="job", outcome="committed") >= 6
