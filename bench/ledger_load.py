@@ -142,7 +142,11 @@ async def run(url: str, seconds: float, work: Path) -> tuple[bool, list[object]]
         f"ledger-load-{backend}", "service.app:app", {"DATABASE_URL": url}, work, workers=2
     )
     tally = Tally()
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    # A pooled connection is dropped by the client before Hypercorn's keep-alive timeout (5 s)
+    # can close it: with both at 5 s, a request sent as the server closes is lost in flight.
+    limits = httpx.Limits(
+        max_connections=CLIENTS, max_keepalive_connections=CLIENTS, keepalive_expiry=2
+    )
     try:
         await asyncio.to_thread(server.wait_ready, "/readyz")
         async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60) as client:

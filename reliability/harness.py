@@ -42,5 +42,9 @@ async def serving(
 
 
 def client(server: Server, connections: int = 32) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # Pooled connections are dropped before Hypercorn's keep-alive timeout (5 s) can close them:
+    # with both at 5 s, a request sent as the server closes its connection is lost in flight.
+    limits = httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2
+    )
     return httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60)
