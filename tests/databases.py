@@ -7,12 +7,13 @@ mode when the run goes through one (``make test-pgbouncer`` sets ``DATABASE_PGBO
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from sqlalchemy import URL, make_url, text
+from sqlalchemy import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service.db.testing import test_database
 
 PGBOUNCER = os.environ.get("DATABASE_PGBOUNCER", "").lower() in ("1", "true", "yes", "on")
 """The run goes through PgBouncer in transaction mode: no statement may stay prepared."""
@@ -27,20 +28,9 @@ def plain_engine(url: str | URL, **options: Any) -> AsyncEngine:
     return create_async_engine(url, **options)
 
 
-@asynccontextmanager
-async def scratch_postgres_database(url: str, suffix: str) -> AsyncIterator[str]:
-    """A fresh, empty ``<database>_<suffix>`` on the server of ``url``, dropped afterwards."""
-    parsed = make_url(url)
-    name = f"{parsed.database}_{suffix}"
-    admin = plain_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield parsed.set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+def scratch_postgres_database(url: str, suffix: str) -> AbstractAsyncContextManager[str]:
+    """A fresh, empty ``<suffix>_<database>`` on the server of ``url``, dropped afterwards (the
+    plugin's own ``test_database``, under another prefix)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ValueError(f"a scratch PostgreSQL database needs a PostgreSQL URL, not {url!r}")
+    return test_database(url, prefix=f"{suffix}_")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from service import tracing
 from service.app import create_app
 from tests.conftest import Broker
+from tests.workers import celery_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 START = "from tests.tracing_worker import main; main()"
@@ -36,38 +35,9 @@ async def worker_spans(
 ) -> AsyncIterator[Path]:
     """A real worker on the test's queue; the file its spans are written to."""
     spans = tmp_path / "worker-spans.jsonl"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        START,
-        str(spans),
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": service_database_url,
-            "CELERY_BROKER_URL": broker.url,
-            "CELERY_QUEUE": broker.queue,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(30):
-            while not any(" ready." in line for line in seen):
-                line = (await process.stdout.readline()).decode()
-                assert line, "the worker exited:\n" + "".join(seen)
-                seen.append(line)
+    command = [sys.executable, "-c", START, str(spans)]
+    async with celery_worker(command, broker, service_database_url, PYTHONPATH=str(ROOT)):
         yield spans
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.communicate(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 @pytest.fixture

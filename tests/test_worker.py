@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,41 +34,15 @@ from tests.conftest import REDIS_URL, Broker
 from tests.databases import PGBOUNCER
 from tests.db.models import Part
 from tests.test_metrics import parse, value
+from tests.workers import celery_worker
 
 
-@asynccontextmanager
-async def service_worker(broker: Broker, database_url: str, *options: str) -> AsyncIterator[None]:
+def service_worker(
+    broker: Broker, database_url: str, *options: str
+) -> AbstractAsyncContextManager[None]:
     """``service worker``, two forked processes, consuming the test's own queue."""
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "service"),
-        "worker",
-        "--concurrency=2",
-        *options,
-        env={
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": broker.url,
-            "CELERY_QUEUE": broker.queue,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(30):
-            while not any(" ready." in line for line in seen):
-                line = (await process.stdout.readline()).decode()
-                assert line, "the worker exited:\n" + "".join(seen)
-                seen.append(line)
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)  # warm shutdown
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+    command = [str(Path(sys.executable).parent / "service"), "worker", "--concurrency=2"]
+    return celery_worker([*command, *options], broker, database_url)
 
 
 @pytest.fixture
@@ -310,9 +283,11 @@ async def test_the_workers_deliveries_are_on_its_own_metrics_port(
             for _ in range(6):  # enough for both processes of the pool, most likely
                 statement_id, _ = await _requested_statement()
                 statements.append(statement_id)
+        ready: list[str | None] = []
         async with asyncio.timeout(30):
-            while [await _status(service_engine, s) for s in statements] != ["ready"] * 6:
+            while ready != ["ready"] * 6:
                 await asyncio.sleep(0.1)
+                ready = [await _status(service_engine, s) for s in statements]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             scrape = await client.get("/metrics")
 
