@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
+from service.db.testing import test_database
 from tests.databases import plain_engine, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,3 +219,25 @@ def test_tests_on_a_loop_of_their_own_are_refused_with_the_fix(
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(['*asyncio_default_test_loop_scope = "session"*'])
+
+
+@pytest.mark.service_committing
+async def test_a_second_run_at_once_gets_a_database_of_its_own_and_leaves_the_first_alone(
+    service_database_url: str,
+) -> None:
+    if not service_database_url.startswith("postgresql"):
+        pytest.skip("SQLite: each run's database is a file in a temporary directory of its own")
+    async with test_database(service_database_url, prefix="twice_") as first:
+        engine = plain_engine(first)
+        try:
+            async with engine.connect() as running:  # the first run, connected while it runs
+                await running.execute(text("CREATE TABLE kept (id integer)"))
+                await running.commit()
+                async with test_database(service_database_url, prefix="twice_") as second:
+                    assert second != first
+                    assert second.endswith(f"{first.rpartition('/')[2]}_2")
+                kept = await running.scalar(text("SELECT count(*) FROM kept"))
+        finally:
+            await engine.dispose()
+
+    assert kept == 0  # the first run's database, and its connection, are still there

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import _callbacks
@@ -144,6 +145,9 @@ async def test_database(url: str, *, prefix: str = "test_") -> AsyncIterator[str
     anew if a run that crashed left it behind), as pytest-django makes
     ``test_<NAME>``; for SQLite, a file in a temporary directory. The database
     ``url`` names is never touched: migrations and DDL run on the tests' own.
+
+    A database another run is connected to is never dropped: two runs at once
+    against one server get ``<prefix><name>`` and ``<prefix><name>_2`` (and so on).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -153,13 +157,11 @@ async def test_database(url: str, *, prefix: str = "test_") -> AsyncIterator[str
         return
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"test databases are made on SQLite and PostgreSQL, not {parsed!r}")
-    name = f"{prefix}{parsed.database}"
     # make_engine: fit for PgBouncer when DATABASE_PGBOUNCER says the server is behind one.
     admin = make_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+            name = await _made_anew(connection, f"{prefix}{parsed.database}")
         try:
             yield parsed.set(database=name).render_as_string(hide_password=False)
         finally:
@@ -170,3 +172,31 @@ async def test_database(url: str, *, prefix: str = "test_") -> AsyncIterator[str
 
 
 test_database.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
+
+
+_IN_USE_OR_TAKEN = frozenset({"55006", "42P04"})  # object_in_use, duplicate_database
+_CANDIDATES = 20
+
+
+async def _made_anew(connection: AsyncConnection, base: str) -> str:
+    """Create the first of ``base``, ``base_2``, ... that no other run is connected to.
+
+    One left behind by a crashed run is dropped first; one in use is not (a DROP without
+    FORCE refuses it), nor one another run creates at the same moment.
+    """
+    for number in range(1, _CANDIDATES + 1):
+        name = base if number == 1 else f"{base}_{number}"
+        try:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        except DBAPIError as error:
+            if _sqlstate(error) not in _IN_USE_OR_TAKEN:
+                raise
+            continue
+        return name
+    raise RuntimeError(f"{base} and its {_CANDIDATES - 1} alternatives are all in use")
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
