@@ -74,7 +74,8 @@ class Page:
             **os.environ,
             "DATABASE_URL": database.url,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": os.pathsep.join([str(self.path), str(ROOT)]),
+            # Not the page's own directory: its commands find its modules as a reader's would.
+            "PYTHONPATH": str(ROOT),
         }
         self.base_url: str | None = None
         self._tables: list[Table] = []
