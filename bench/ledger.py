@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,6 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,10 +265,6 @@ def report(run: Run, target: float) -> None:
     )
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwind, so that the servers are stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     harness.add_plan_options(parser, FULL, QUICK)
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed; nothing measured")
             return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    harness.stop_servers_on_sigterm()
     started = time.monotonic()
     plan = harness.plan_from(args, FULL, QUICK)
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:

@@ -32,7 +32,6 @@ import asyncio
 import json
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `reliability` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.harness import Server, markdown_table, write_results  # noqa: E402 - path set
+from bench.harness import (  # noqa: E402 - path set
+    Server,
+    markdown_table,
+    stop_servers_on_sigterm,
+    write_results,
+)
 from reliability.pgbouncer import PgBouncer, find_pgbouncer  # noqa: E402
 from reliability.postgres import find_postgres_bin  # noqa: E402
 from reliability.replication import replicated  # noqa: E402
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk); nothing measured")
         return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop_servers_on_sigterm()
     started = time.monotonic()
     print(f"{rounds} rounds of {seconds}s a side; wrk -t1 -c{CONNECTIONS}; one Hypercorn worker")
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:

@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -54,7 +53,6 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `service` importable
@@ -246,10 +244,6 @@ def bench_database(run: Run, database: str) -> None:
                 asyncio.run(harness.drop_postgres_database(url))
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwind, so that the servers are stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     harness.add_plan_options(parser, FULL, QUICK)
@@ -258,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk); nothing measured")
         return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    harness.stop_servers_on_sigterm()
     started = time.monotonic()
     plan = harness.plan_from(args, FULL, QUICK)
     print(f"{plan}; wrk -t1 -c32; one server process each; {os.cpu_count()} CPUs")

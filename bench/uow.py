@@ -30,14 +30,12 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `service` importable
@@ -251,10 +249,6 @@ def report(results: list[Result], plan: Plan) -> None:
     harness.write_results("uow", how, "\n\n".join(body), quick=plan.quick)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwind, so that the servers are stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     harness.add_plan_options(parser, FULL, QUICK)
@@ -264,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk); nothing measured")
         return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    harness.stop_servers_on_sigterm()
     started = time.monotonic()
     print(f"{plan}; wrk -t1 -c{CONNECTIONS}; one Hypercorn worker; {os.cpu_count()} CPUs")
     results: list[Result] = []

@@ -16,7 +16,7 @@ from bench.harness.databases import (
 )
 from bench.harness.results import commit, markdown_table, write_results
 from bench.harness.rounds import Plan, Rotation, Target, add_plan_options, plan_from, rotate
-from bench.harness.servers import ROOT, Server, free_port, serving
+from bench.harness.servers import ROOT, Server, free_port, serving, stop_servers_on_sigterm
 from bench.harness.wrk import Burst, burst, write_script
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "recreate_postgres_database",
     "rotate",
     "serving",
+    "stop_servers_on_sigterm",
     "write_results",
     "write_script",
 ]

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -170,3 +171,12 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+def stop_servers_on_sigterm() -> None:
+    """A SIGTERM to a benchmark unwinds it (``SystemExit``), so that its servers are stopped."""
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
